@@ -673,8 +673,11 @@ class PretrainData(torch.utils.data.Dataset):
         key = (batch_videos, rank, world_size, num_workers)
         if key not in self._loaders:
             sampler = _BatchList()
+            # its own generator: creating an iterator must not draw from the global torch RNG (which would
+            # make a resumed run differ from an uninterrupted one); the clips have their own seeded RNG
             dl = torch.utils.data.DataLoader(self, batch_sampler=sampler, collate_fn=self.collate,
-                                             num_workers=num_workers, persistent_workers=num_workers > 0)
+                                             num_workers=num_workers, persistent_workers=num_workers > 0,
+                                             generator=torch.Generator().manual_seed(0))
             self._loaders[key] = (sampler, dl)
         sampler, dl = self._loaders[key]
         sampler.batches = self.batches(batch_videos, epoch, rank, world_size, start_batch)
