@@ -1,0 +1,760 @@
+"""Evaluation of VLM on the downstream tasks (paper Sec. 4, Tables 2-9; SPEC Sec. 4).
+
+The top of this file is the METRICS section: plain numpy / stdlib functions, importable on their own, that
+turn model scores into the numbers the paper reports:
+  - text-video retrieval (MSR-VTT, YouCook2): R@1/5/10 and median rank       -> retrieval_metrics
+  - captioning (YouCook2): BLEU-1..4, METEOR, ROUGE-L, CIDEr as pycocoevalcap -> caption_metrics
+  - action segmentation (COIN): frame accuracy                                -> frame_accuracy,
+    windows + window_average (the 32-second windows a long video is cut into)
+  - step localization (CrossTask): ordered DP alignment and average recall    -> dp_align, localization_recall
+  - multiple-choice QA (MSR-VTT MC): accuracy                                 -> mc_accuracy
+Percentages are 0-100; caption_metrics is on pycocoevalcap's own scale (0-1, CIDEr unscaled); the runners
+report BLEU / METEOR / ROUGE-L x100 as the paper's Table 7 does.
+
+After the metrics come the evaluation runners (one per task, shared with finetune.py's model selection), the
+results table of `finetune.py --task all`, and the command line:
+
+  python evaluate.py --task retrieval --ckpt out/finetune/retrieval-youcook2/best.pt --data data/world
+  python evaluate.py --task retrieval --zero_shot --ckpt out/pretrain/model --dataset msrvtt
+  python evaluate.py --task captioning --ckpt out/finetune/captioning/best.pt --show 5
+
+Tests: python -m pytest -q tests/test_metrics.py tests/test_finetune.py
+"""
+import importlib.util
+import math
+import os
+import shutil
+import subprocess
+from collections import Counter
+
+import json
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+
+# =====================================================================================================
+# METRICS (numpy / stdlib only; the evaluation runners and the command line come after this section)
+# =====================================================================================================
+
+
+def _to_numpy(x, name):
+    """numpy array from a numpy array, a list or a torch tensor (no torch import needed)."""
+    if hasattr(x, "detach"):  # torch.Tensor
+        x = x.detach().cpu().double().numpy()
+    x = np.asarray(x)
+    if x.dtype == object:
+        raise ValueError(f"evaluate.py: {name} is not a rectangular numeric array")
+    return x
+
+
+# ----------------------------------------------------------------------------- retrieval (Tables 2-3)
+
+def retrieval_metrics(sim, gt=None):
+    """Text -> video retrieval metrics from a similarity matrix.
+
+    sim: (N_text, N_video) scores, numpy or torch; higher = more similar.
+    gt:  optional (N_text,) index of the true video of each text; default: the diagonal (sim must be square).
+    Returns {"R1", "R5", "R10"} in percent and "MedR", the median 1-based rank (may end in .5).
+
+    Tie rule (pessimistic; ties never flatter the model): the rank of the true video is
+        1 + #{videos j != true : sim[i, j] >= sim[i, true]},
+    so a constant matrix ranks every true video last (rank N_video): R@1 = 0 for N_video > 1, MedR = N_video.
+    """
+    sim = _to_numpy(sim, "sim").astype(np.float64)
+    if sim.ndim != 2:
+        raise ValueError(f"evaluate.py retrieval_metrics: sim must be 2-D (N_text, N_video), got {sim.shape}")
+    n_text, n_video = sim.shape
+    if gt is None:
+        if n_text != n_video:
+            raise ValueError(f"evaluate.py retrieval_metrics: sim is {sim.shape}, not square; pass gt")
+        gt = np.arange(n_text)
+    gt = _to_numpy(gt, "gt").astype(np.int64).reshape(-1)
+    if gt.shape[0] != n_text or (n_text and (gt.min() < 0 or gt.max() >= n_video)):
+        raise ValueError(f"evaluate.py retrieval_metrics: gt must hold {n_text} indices in [0, {n_video})")
+    if not np.isfinite(sim).all():
+        raise ValueError("evaluate.py retrieval_metrics: sim holds NaN or inf")
+    true = sim[np.arange(n_text), gt][:, None]  # (N_text, 1)
+    ranks = (sim >= true).sum(axis=1)  # counts the true video itself once -> 1 + others with score >= true
+    return {
+        "R1": 100.0 * float(np.mean(ranks <= 1)),
+        "R5": 100.0 * float(np.mean(ranks <= 5)),
+        "R10": 100.0 * float(np.mean(ranks <= 10)),
+        "MedR": float(np.median(ranks)),
+    }
+
+
+# ----------------------------------------------------------------------------- captioning (Table 9)
+# Own re-implementations of the COCO caption toolkit (pycocoevalcap) scorers, fact for fact, so the numbers
+# are the toolkit's without needing it at runtime. Inputs are already-tokenised strings (words joined by
+# single spaces); BLEU and CIDEr split on any whitespace, ROUGE-L on single spaces, as the toolkit does.
+
+def _ngram_counts(words, n=4):
+    """Counter of all 1..n-grams (tuples) of a word list."""
+    return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+
+
+def _bleu(refs, hyps, n=4):
+    """Corpus BLEU-1..n as pycocoevalcap's Bleu (option "closest").
+
+    Per sentence: clipped n-gram matches (hypothesis count clipped by the max count in any one reference),
+    guesses max(0, len - k + 1), and the reference length closest to the hypothesis length (ties -> shorter).
+    Corpus: BLEU-k = (prod_{j<=k} (correct_j + 1e-15) / (guess_j + 1e-9)) ** (1/k), times the brevity penalty
+    exp(1 - 1/ratio) when ratio = (testlen + 1e-15) / (reflen + 1e-9) < 1 (sums over the corpus).
+    """
+    tiny, small = 1e-15, 1e-9
+    correct, guess = [0] * n, [0] * n
+    testlen = reflen = 0
+    for rs, h in zip(refs, hyps):
+        words = h.split()
+        maxref = Counter()
+        for r in rs:
+            for g, c in _ngram_counts(r.split(), n).items():
+                maxref[g] = max(maxref[g], c)
+        for g, c in _ngram_counts(words, n).items():
+            correct[len(g) - 1] += min(c, maxref.get(g, 0))
+        for k in range(n):
+            guess[k] += max(0, len(words) - k)
+        testlen += len(words)
+        reflen += min((abs(len(r.split()) - len(words)), len(r.split())) for r in rs)[1]
+    out, prod = [], 1.0
+    for k in range(n):
+        prod *= (correct[k] + tiny) / (guess[k] + small)
+        out.append(prod ** (1.0 / (k + 1)))
+    ratio = (testlen + tiny) / (reflen + small)
+    if ratio < 1:  # brevity penalty
+        out = [b * math.exp(1 - 1 / ratio) for b in out]
+    return out
+
+
+def _lcs(a, b):
+    """Length of the longest common subsequence of two token lists (O(len(a) * len(b)))."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def _rouge_l(refs, hyps, beta=1.2):
+    """Mean over clips of pycocoevalcap's ROUGE-L: P = max_r LCS/len(hyp), R = max_r LCS/len(ref) (maxima taken
+    separately over the references), F = (1 + beta^2) P R / (R + beta^2 P), 0 if P or R is 0. Tokens come from
+    split(" ") (an empty string is one empty token, as in the toolkit)."""
+    scores = []
+    for rs, h in zip(refs, hyps):
+        hw = h.split(" ")
+        lcs = [(_lcs(r.split(" "), hw), len(r.split(" "))) for r in rs]
+        p = max(l / len(hw) for l, _ in lcs)
+        r = max(l / n for l, n in lcs)
+        scores.append((1 + beta ** 2) * p * r / (r + beta ** 2 * p) if p != 0 and r != 0 else 0.0)
+    return float(np.mean(scores))
+
+
+def _cider_d(refs, hyps, n=4, sigma=6.0):
+    """Mean over clips of pycocoevalcap's Cider (the CIDEr-D variant).
+
+    idf: df(g) = number of clips whose references contain n-gram g (references of the evaluated set only);
+    weight of g with count tf in a sentence: tf * (log(N_clips) - log(max(1, df(g)))).
+    Per n-gram order k: clipped cosine sum_g min(w_hyp, w_ref) * w_ref / (|w_hyp| |w_ref|) (left unnormalised
+    when a norm is 0), times the length penalty exp(-(l_hyp - l_ref)^2 / (2 sigma^2)), where the toolkit's
+    "length" is the number of BIGRAMS of the sentence. Clip score = 10 * mean_k(sum over references) / n_refs.
+    """
+    df = Counter()
+    for rs in refs:
+        df.update(set(g for r in rs for g in _ngram_counts(r.split(), n)))
+    log_n = math.log(float(len(refs)))
+
+    def vec(sentence):  # -> per-order {ngram: weight}, per-order norm, length (bigram count)
+        w, norm, length = [{} for _ in range(n)], [0.0] * n, 0
+        for g, tf in _ngram_counts(sentence.split(), n).items():
+            k = len(g) - 1
+            w[k][g] = tf * (log_n - math.log(max(1.0, df.get(g, 0))))
+            norm[k] += w[k][g] ** 2
+            length += tf if k == 1 else 0
+        return w, [math.sqrt(x) for x in norm], length
+
+    scores = []
+    for rs, h in zip(refs, hyps):
+        wh, nh, lh = vec(h)
+        total = np.zeros(n)
+        for r in rs:
+            wr, nr, lr = vec(r)
+            for k in range(n):
+                val = sum(min(x, wr[k].get(g, 0.0)) * wr[k].get(g, 0.0) for g, x in wh[k].items())
+                if nh[k] != 0 and nr[k] != 0:
+                    val /= nh[k] * nr[k]
+                total[k] += val * math.exp(-((lh - lr) ** 2) / (2 * sigma ** 2))
+        scores.append(10.0 * float(np.mean(total)) / len(rs))
+    return float(np.mean(scores))
+
+
+def find_meteor_jar():
+    """Path of meteor-1.5.jar: env METEOR_JAR, else the copy pycocoevalcap ships; None if neither exists."""
+    path = os.environ.get("METEOR_JAR")
+    if path:
+        return path if os.path.isfile(path) else None
+    spec = importlib.util.find_spec("pycocoevalcap")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        cand = os.path.join(loc, "meteor", "meteor-1.5.jar")
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def meteor_score(refs, hyps):
+    """Corpus METEOR 1.5 from the official jar, as pycocoevalcap's Meteor reports it, or None (with a printed
+    "METEOR unavailable: ..." notice) when java or the jar is missing or the jar fails. Never estimated.
+
+    Protocol (java -jar -Xmx2G meteor-1.5.jar - - -stdio -l en -norm, one line in -> lines out):
+      "SCORE ||| ref_1 ||| ... ||| ref_m ||| hyp"  -> one line of sufficient statistics per clip;
+      "EVAL ||| stats_1 ||| ... ||| stats_N"       -> N per-clip scores, then the corpus score (returned).
+    As the toolkit does, "|||" is removed from the hypothesis and double spaces become single; line breaks
+    (which would break the protocol) become spaces.
+    """
+    java, jar = shutil.which("java"), find_meteor_jar()
+    if java is None or jar is None:
+        why = ("no java on PATH" if java is None
+               else "meteor-1.5.jar not found (set METEOR_JAR or install pycocoevalcap)")
+        print(f"METEOR unavailable: {why}")
+        return None
+    cmd = [java, "-jar", "-Xmx2G", jar, "-", "-", "-stdio", "-l", "en", "-norm"]
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.abspath(jar)), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+        def ask(line):
+            proc.stdin.write((line.replace("\n", " ").replace("\r", " ") + "\n").encode("utf-8"))
+            proc.stdin.flush()
+
+        def answer():
+            out = proc.stdout.readline().decode("utf-8").strip()
+            if not out:
+                raise RuntimeError(f"the jar gave no answer (exit code {proc.poll()})")
+            return out
+
+        stats = []
+        for rs, h in zip(refs, hyps):
+            h = h.replace("|||", "").replace("  ", " ")
+            ask(" ||| ".join(["SCORE", " ||| ".join(rs), h]))
+            stats.append(answer())
+        ask(" ||| ".join(["EVAL"] + stats))
+        for _ in stats:  # per-clip scores, not used
+            answer()
+        return float(answer())  # the corpus score line
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"METEOR unavailable: {jar} failed: {e}")
+        return None
+    finally:
+        if proc is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            proc.kill()
+            proc.wait()
+
+
+def caption_metrics(references, hypotheses, meteor=True):
+    """COCO-caption metrics of generated captions, equal to pycocoevalcap's scorers on the same strings.
+
+    references: {clip_id: [reference str, ...]} (>= 1 each); hypotheses: {clip_id: str} (or [str]).
+    Strings must already be tokenised (words separated by spaces; the toolkit's PTB tokeniser is not run).
+    Returns {"BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} on the toolkit's scale (0-1; CIDEr as is).
+    METEOR is None when the jar cannot run (or meteor=False); see meteor_score.
+    """
+    if set(references) != set(hypotheses):
+        miss = sorted(map(str, set(references) ^ set(hypotheses)))[:5]
+        raise ValueError(f"evaluate.py caption_metrics: references and hypotheses ids differ, e.g. {miss}")
+    if not references:
+        raise ValueError("evaluate.py caption_metrics: no captions to score")
+    ids = list(references)
+    refs, hyps = [], []
+    for i in ids:
+        rs, h = references[i], hypotheses[i]
+        if isinstance(h, (list, tuple)):
+            if len(h) != 1:
+                raise ValueError(f"evaluate.py caption_metrics: hypothesis {i!r} must be one string, got {len(h)}")
+            h = h[0]
+        if isinstance(rs, str) or len(rs) == 0:
+            raise ValueError(f"evaluate.py caption_metrics: references[{i!r}] must be a non-empty list of str")
+        refs.append([str(r) for r in rs])
+        hyps.append(str(h))
+    b = _bleu(refs, hyps)
+    out = {f"BLEU-{k + 1}": b[k] for k in range(4)}
+    out["METEOR"] = meteor_score(refs, hyps) if meteor else None
+    out["ROUGE-L"] = _rouge_l(refs, hyps)
+    out["CIDEr"] = _cider_d(refs, hyps)
+    return out
+
+
+# ----------------------------------------------------------------------------- action segmentation (COIN)
+
+def frame_accuracy(pred, labels, background=0):
+    """Per-second classification accuracy in percent.
+
+    pred, labels: one array each or lists of per-video arrays (concatenated). pred holds class ids (T,) or
+    logits (T, C) (then argmax over C). Returns
+      "acc":            over all frames, background included (as published for COIN),
+      "acc_no_bg":      over frames whose label != background (nan if there are none),
+      "all_background": accuracy of predicting background everywhere (the trivial baseline).
+    """
+    if isinstance(pred, (list, tuple)):
+        pred = [_to_numpy(p, "pred") for p in pred]
+        pred = np.concatenate([p.argmax(-1) if p.ndim == 2 else p for p in pred]) if pred else np.zeros(0)
+    else:
+        pred = _to_numpy(pred, "pred")
+        pred = pred.argmax(-1) if pred.ndim == 2 else pred
+    if isinstance(labels, (list, tuple)):
+        labels = np.concatenate([_to_numpy(l, "labels").reshape(-1) for l in labels]) if labels else np.zeros(0)
+    labels = _to_numpy(labels, "labels").reshape(-1)
+    pred = pred.reshape(-1)
+    if pred.shape != labels.shape or labels.size == 0:
+        raise ValueError(f"evaluate.py frame_accuracy: {pred.size} predictions for {labels.size} labels")
+    fg = labels != background
+    return {
+        "acc": 100.0 * float(np.mean(pred == labels)),
+        "acc_no_bg": 100.0 * float(np.mean(pred[fg] == labels[fg])) if fg.any() else float("nan"),
+        "all_background": 100.0 * float(np.mean(~fg)),
+    }
+
+
+def windows(T, size=32, stride=16):
+    """Start seconds of windows of `size` seconds every `stride` seconds covering [0, T); the last window is
+    moved back to end at T (so windows may overlap more at the end). T <= size -> [0]."""
+    if T <= 0 or size <= 0 or stride <= 0:
+        raise ValueError(f"evaluate.py windows: need T, size, stride > 0, got {T}, {size}, {stride}")
+    starts = list(range(0, max(T - size, 0) + 1, stride))
+    if starts[-1] + size < T:
+        starts.append(T - size)  # last window aligned to the end
+    return starts
+
+
+def window_average(logits_windows, starts, T):
+    """(T, C) per-second logits from overlapping windows: each second gets the mean of the logits that the
+    windows covering it give it. logits_windows[i]: (w_i, C) for seconds starts[i] .. starts[i] + w_i - 1;
+    rows at seconds >= T (padding of a short video) are ignored. Every second must be covered."""
+    if len(logits_windows) != len(starts) or not starts:
+        raise ValueError(f"evaluate.py window_average: {len(logits_windows)} windows but {len(starts)} starts")
+    C = _to_numpy(logits_windows[0], "logits_windows[0]").shape[-1]
+    total, count = np.zeros((T, C)), np.zeros(T)  # (T, C), (T,)
+    for i, (lw, s) in enumerate(zip(logits_windows, starts)):
+        lw = _to_numpy(lw, f"logits_windows[{i}]").astype(np.float64)  # (w, C)
+        if lw.ndim != 2 or lw.shape[1] != C or s < 0:
+            raise ValueError(f"evaluate.py window_average: window {i} has shape {lw.shape} at {s}, want (w, {C})")
+        w = max(0, min(lw.shape[0], T - s))
+        total[s:s + w] += lw[:w]
+        count[s:s + w] += 1
+    if (count == 0).any():
+        raise ValueError(f"evaluate.py window_average: seconds {np.flatnonzero(count == 0)[:5].tolist()}... "
+                         f"are covered by no window")
+    return total / count[:, None]
+
+
+# ----------------------------------------------------------------------------- step localization (CrossTask)
+
+def dp_align(scores):
+    """Ordered one-frame-per-step alignment (CrossTask protocol, Zhukov et al. 2019).
+
+    scores: (T, K) frame-step scores. Picks frames f_1 < f_2 < ... < f_K (strictly increasing, one per step,
+    in step order) maximising sum_k scores[f_k, k]; returns them as a list of K ints. Needs T >= K.
+    O(T K) dynamic programming: best[k, t] = scores[t, k] + max_{t' < t} best[k-1, t'].
+    Among equally good alignments the one found first by a left-to-right prefix maximum is returned.
+    """
+    s = _to_numpy(scores, "scores").astype(np.float64)
+    if s.ndim != 2 or s.shape[0] < s.shape[1]:
+        raise ValueError(f"evaluate.py dp_align: scores must be (T, K) with T >= K, got {s.shape}")
+    if np.isnan(s).any():
+        raise ValueError("evaluate.py dp_align: scores hold NaN")
+    T, K = s.shape
+    best = s[:, 0].copy()  # (T,) best total with step 0 at frame t
+    back = np.zeros((K, T), dtype=np.int64)  # back[k, t] = frame of step k-1 given step k at t
+    for k in range(1, K):
+        # prefix max of the previous row over frames < t, and where it is reached (first occurrence)
+        run = np.maximum.accumulate(best)  # (T,) max of best[:t+1]
+        first = np.ones(T, dtype=bool)
+        first[1:] = best[1:] > run[:-1]  # t sets a new strict maximum
+        arg = np.maximum.accumulate(np.where(first, np.arange(T), 0))  # (T,) argmax of best[:t+1]
+        new = np.full(T, -np.inf)
+        new[1:] = best[arg[:-1]] + s[1:, k]
+        new[:k] = -np.inf  # step k needs k earlier frames
+        back[k, 1:] = arg[:-1]
+        best = new
+    f = [int(np.argmax(best))]
+    for k in range(K - 1, 0, -1):
+        f.append(int(back[k, f[-1]]))
+    return f[::-1]
+
+
+def localization_recall(records, per_video=False):
+    """CrossTask average recall in percent.
+
+    records: dicts with "task", "scores" (T, K) and "labels" (T, K) 0/1 (all the task's K steps).
+    Per video: f = dp_align(scores); step k is a hit if labels[f_k, k] == 1; the steps counted are those
+    with any positive frame (a step absent from the video can never be a hit and is not counted).
+    Within a task (CrossTask train.py get_recalls, and MMPT's CrossTaskMetric): recall = sum of hits over
+    the task's videos / sum of counted steps over them. per_video=True instead averages each video's
+    hits / counted steps (videos with no counted step skipped). The result is the mean over tasks.
+    """
+    hits, steps, per = {}, {}, {}
+    for i, r in enumerate(records):
+        s, y = _to_numpy(r["scores"], "scores"), _to_numpy(r["labels"], "labels")
+        if s.shape != y.shape:
+            raise ValueError(f"evaluate.py localization_recall: record {i} scores {s.shape} vs labels {y.shape}")
+        f = dp_align(s)
+        h = int(sum(y[f[k], k] > 0 for k in range(len(f))))
+        n = int((y > 0).any(axis=0).sum())
+        task = r["task"]
+        hits[task] = hits.get(task, 0) + h
+        steps[task] = steps.get(task, 0) + n
+        if n > 0:
+            per.setdefault(task, []).append(h / n)
+    if per_video:
+        recalls = [np.mean(v) for v in per.values()]
+    else:
+        recalls = [hits[t] / steps[t] for t in hits if steps[t] > 0]
+    if not recalls:
+        raise ValueError("evaluate.py localization_recall: no video has an annotated step")
+    return 100.0 * float(np.mean(recalls))
+
+
+# ----------------------------------------------------------------------------- multiple choice (MSR-VTT MC)
+
+def mc_accuracy(scores, answers):
+    """Multiple-choice accuracy in percent. scores: (N, 5) candidate scores, answers: (N,) correct index.
+    A question counts as right only if its answer scores strictly above every other candidate (ties are
+    wrong, like retrieval's pessimistic rank)."""
+    s = _to_numpy(scores, "scores").astype(np.float64)
+    a = _to_numpy(answers, "answers").astype(np.int64).reshape(-1)
+    if s.ndim != 2 or s.shape[0] != a.shape[0] or s.shape[0] == 0 or a.min() < 0 or a.max() >= s.shape[1]:
+        raise ValueError(f"evaluate.py mc_accuracy: scores {s.shape} and answers {a.shape} do not match")
+    true = s[np.arange(len(a)), a][:, None]  # (N, 1)
+    return 100.0 * float(np.mean((s >= true).sum(axis=1) == 1))
+
+
+# =====================================================================================================
+# END OF METRICS
+# =====================================================================================================
+
+# ===========================================================================================================
+# evaluation runners: one function per task, shared by finetune.py (validation) and the command line (test)
+
+SELECT = {"retrieval": "R1", "qa": "R1", "segmentation": "acc", "localization": "recall", "captioning": "loss"}
+
+# paper Tables 2-7 (real datasets), printed beside our numbers on the built-in world
+PAPER = {"retrieval-msrvtt": {"R1": 28.10, "R5": 55.50, "R10": 67.40, "MedR": 4},
+         "retrieval-youcook2": {"R1": 27.05, "R5": 56.88, "R10": 69.38, "MedR": 4},
+         "segmentation": {"acc": 68.39}, "localization": {"recall": 46.5}, "localization-zero-shot": {"recall": 28.5},
+         "qa": {"acc": 91.64},
+         "captioning": {"BLEU-3": 17.78, "BLEU-4": 12.27, "METEOR": 18.22, "ROUGE-L": 41.51, "CIDEr": 1.3869}}
+
+
+def record_clip(store, rec, max_len=32):
+    """Features of a record's clip (whole video when start/end are None), first max_len seconds, float32."""
+    feat = store[rec["video_id"]]
+    start = 0 if rec.get("start") is None else rec["start"]
+    end = len(feat) if rec.get("end") is None else rec["end"]
+    return data.clip_features(feat, start, end, max_len=max_len)
+
+
+def _batches(n, size):
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def encode_videos(vlm, clips, device, ctx, batch_size=128):
+    """Pooled video vectors from separate video passes (footnote 2): (N, H) float32 on CPU."""
+    out = []
+    for sl in _batches(len(clips), batch_size):
+        b = data.collate_pairs(clips[sl], [[0]] * len(clips[sl]))
+        with ctx:
+            out.append(vlm.encode_video(b["video"].to(device), b["video_mask"].to(device)).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_text_ids(vlm, ids, device, ctx, batch_size=256):
+    """Pooled text vectors from separate text passes: (N, H) float32 on CPU."""
+    out = []
+    empty = np.zeros((1, 512), np.float32)
+    for sl in _batches(len(ids), batch_size):
+        b = data.collate_pairs([empty] * len(ids[sl]), ids[sl])
+        with ctx:
+            out.append(vlm.encode_text(b["text_ids"].to(device), b["text_mask"].to(device)).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def frame_outputs(vlm, feat, fn, device, ctx, stride=16, size=32):
+    """Run fn(states (W, 32, H)) over 32 s windows of a whole video and average overlapping seconds."""
+    feat = np.asarray(feat, dtype=np.float32)
+    starts = windows(len(feat), size=size, stride=stride)
+    b = data.collate_pairs([feat[s:s + size] for s in starts], [[0]] * len(starts))
+    with ctx:
+        h = vlm.video_states(b["video"].to(device), b["video_mask"].to(device))[:, :b["video_mask"].shape[1]]
+        out = fn(h).float().cpu().numpy()  # (W, 32, C)
+    lens = b["video_mask"].sum(1).tolist()
+    return window_average([o[:n] for o, n in zip(out, lens)], starts, len(feat))
+
+
+def _tokenize(tok, texts, max_len=61):
+    ids, n = data.encode_texts(tok, texts, max_len=max_len)
+    if n:
+        print(f"{n} texts were longer than {max_len} word pieces and were truncated")
+    return ids
+
+
+def run_task(task, model, data_dir, split, tok, dataset="youcook2", device="cpu", ctx=nullcontext(), show=0):
+    """Evaluate `task` on one split; model is a fine-tuned TaskModel or a bare VLM (zero-shot)."""
+    vlm = getattr(model, "vlm", model)
+    head = getattr(model, "head", None)
+    was_training = vlm.training
+    vlm.eval()
+    try:
+        if task == "retrieval" or (task == "qa" and split != "test"):
+            dataset = "msrvtt" if task == "qa" else dataset
+            recs, store = data.load_retrieval(data_dir, dataset, split)
+            if not recs:
+                raise SystemExit(f"{data_dir}: the {dataset} {split} split is empty")
+            texts = [r["texts"][0] for r in recs]
+            v = encode_videos(vlm, [record_clip(store, r) for r in recs], device, ctx)
+            t = encode_text_ids(vlm, _tokenize(tok, texts), device, ctx)
+            sim = t @ v.T  # (N_text, N_video): one similarity matrix from separate passes
+            # qa is selected on video -> text retrieval (the multiple-choice set has no validation split)
+            m = retrieval_metrics(sim.T if task == "qa" else sim)
+            for i in range(min(show, len(recs))):
+                j = int(sim[i].argmax())
+                print(f"query: {texts[i]!r}\n  top-1: {recs[j]['video_id']} ({texts[j]!r})"
+                      f" {'RIGHT' if j == i else 'wrong'}")
+            return m
+        if task == "qa":
+            recs, store = data.load_mc(data_dir)
+            if not recs:
+                raise SystemExit(f"{data_dir}: the multiple-choice test set is empty")
+            v = encode_videos(vlm, [record_clip(store, r) for r in recs], device, ctx)
+            cands = [c for r in recs for c in r["candidates"]]
+            t = encode_text_ids(vlm, _tokenize(tok, cands), device, ctx).view(len(recs), 5, -1)
+            scores = torch.einsum("nh,nkh->nk", v, t).numpy()  # (N, 5)
+            answers = np.array([r["answer"] for r in recs])
+            for i in range(min(show, len(recs))):
+                c = recs[i]["candidates"]
+                print(f"video {recs[i]['video_id']}: chose {c[scores[i].argmax()]!r}, answer {c[answers[i]]!r}")
+            return {"acc": mc_accuracy(scores, answers)}
+        if task == "segmentation":
+            recs, store, num_classes = data.load_coin(data_dir, split)
+            if head is None:
+                raise SystemExit("segmentation needs a fine-tuned checkpoint with its classifier (finetune.py)")
+            if head.out_features != num_classes:
+                raise SystemExit(f"checkpoint classifier has {head.out_features} classes, {data_dir} has "
+                                 f"{num_classes}")
+            preds, labels = [], []
+            for r in recs:
+                logits = frame_outputs(vlm, store[r["video_id"]][:len(r["labels"])], head, device, ctx)
+                preds.append(logits.argmax(-1))
+                labels.append(np.asarray(r["labels"]))
+            return frame_accuracy(preds, labels)
+        if task == "localization":
+            recs, tasks, store = data.load_crosstask(data_dir, split)
+            step_emb = {k: encode_text_ids(vlm, _tokenize(tok, t["steps"]), device, ctx).to(device)
+                        for k, t in tasks.items()}
+            out = []
+            for r in recs:
+                emb = step_emb[r["task"]]  # (K, H)
+                # sec. 4.3: frame x step dot products, softmax over the steps of the task
+                scores = frame_outputs(vlm, store[r["video_id"]][:len(r["labels"])],
+                                       lambda h: torch.softmax(h.float() @ emb.T.float(), -1), device, ctx)
+                out.append({"task": r["task"], "scores": scores, "labels": r["labels"]})
+            return {"recall": localization_recall(out)}
+        if task == "captioning":
+            return run_captioning(vlm, data_dir, split, tok, device, ctx, show)
+        raise SystemExit(f"unknown task {task!r}")
+    finally:
+        vlm.train(was_training)
+
+
+@torch.no_grad()
+def run_captioning(vlm, data_dir, split, tok, device, ctx, show=0, batch_size=64):
+    """val: next-token loss (for model selection); test: beam search (5 beams, 24 positions) + metrics."""
+    recs, store = data.load_captioning(data_dir, split)
+    if not recs:
+        raise SystemExit(f"{data_dir}: the captioning {split} split is empty")
+    clips = [record_clip(store, r) for r in recs]
+    c = vlm.config
+    if split != "test":
+        ids = _tokenize(tok, [r["text"] for r in recs], max_len=60)
+        total, count = 0.0, 0
+        for sl in _batches(len(recs), batch_size):
+            b = data.collate_pairs(clips[sl], [[c.cls_token_id] + t for t in ids[sl]])
+            labels = torch.full(b["text_ids"].shape, -100, dtype=torch.long)
+            for i, t in enumerate(ids[sl]):
+                labels[i, :len(t) + 1] = torch.as_tensor(t + [c.sep_token_id])
+            with ctx:
+                logits = vlm.caption_logits(b["video"].to(device), b["video_mask"].to(device),
+                                            b["text_ids"].to(device), b["text_mask"].to(device))
+            n = int((labels != -100).sum())
+            total += float(F.cross_entropy(logits.float().flatten(0, 1).cpu(), labels.flatten(),
+                                           ignore_index=-100, reduction="sum"))
+            count += n
+        return {"loss": total / max(1, count)}
+    hyps, refs = {}, {}
+    for sl in _batches(len(recs), batch_size):
+        b = data.collate_pairs(clips[sl], [[0]] * len(clips[sl]))
+        with ctx:
+            out = vlm.generate(b["video"].to(device), b["video_mask"].to(device), num_beams=5, max_length=24)
+        for r, ids in zip(recs[sl], out):
+            hyps[r["clip_id"]] = tok.decode(ids)
+            refs[r["clip_id"]] = [r["text"].lower()]
+    for r in recs[:show]:
+        print(f"{r['clip_id']}: generated {hyps[r['clip_id']]!r} | reference {refs[r['clip_id']][0]!r}")
+    return paper_scale(caption_metrics(refs, hyps))
+
+
+def paper_scale(m):
+    """BLEU, METEOR and ROUGE-L in percent as in the paper's Table 7; CIDEr unscaled."""
+    return {k: (v if v is None or k == "CIDEr" else 100 * v) for k, v in m.items()}
+
+
+def load_finetuned(path, device="cpu", task=None):
+    """A fine-tuned checkpoint written by finetune.py (best.pt): the encoder plus the task's head."""
+    import vlm as vlm_module
+    from finetune import TaskModel
+    if not os.path.exists(path):
+        raise SystemExit(f"{path}: no such checkpoint")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if "task" not in ck:
+        raise SystemExit(f"{path}: not a fine-tuned checkpoint (no 'task' key); for zero-shot use --zero_shot")
+    if task and ck["task"] != task:
+        raise SystemExit(f"{path}: a {ck['task']} checkpoint, but --task is {task}")
+    model = TaskModel(vlm_module.VLM(vlm_module.VLMConfig(**ck["model_config"])), ck["num_classes"])
+    model.vlm.load_state_dict(ck["model"])
+    if model.head is not None:
+        model.head.load_state_dict(ck["head"])
+    return model.to(device).eval()
+
+
+def baselines(data_dir, tok):
+    """Chance and trivial baselines on the test splits, computed the same way as the model's numbers."""
+    out = {}
+    for ds in ("msrvtt", "youcook2"):
+        recs, _ = data.load_retrieval(data_dir, ds, "test")
+        n = len(recs)  # chance: the true video ranked uniformly at random among n
+        out[f"retrieval-{ds}"] = {"R1": 100 / n, "R5": min(100.0, 500 / n), "R10": min(100.0, 1000 / n),
+                                  "MedR": (n + 1) / 2}
+    out["qa"] = {"acc": 20.0}
+    recs, _, _ = data.load_coin(data_dir, "test")
+    labels = [np.asarray(r["labels"]) for r in recs]
+    out["segmentation"] = {"acc": frame_accuracy([np.zeros_like(l) for l in labels], labels)["acc"]}
+    recs, _, _ = data.load_crosstask(data_dir, "test")
+    rng = np.random.default_rng(0)  # random frame x step scores through the same alignment
+    out["localization"] = {"recall": localization_recall(
+        [{"task": r["task"], "scores": rng.random(r["labels"].shape), "labels": r["labels"]} for r in recs])}
+    train, _ = data.load_captioning(data_dir, "train")
+    test, _ = data.load_captioning(data_dir, "test")
+    words = {}
+    for r in train:
+        words[r["text"].lower()] = words.get(r["text"].lower(), 0) + 1
+    common = max(sorted(words), key=words.get)  # the most frequent training caption, for every clip
+    out["captioning"] = paper_scale(caption_metrics({r["clip_id"]: [r["text"].lower()] for r in test},
+                                                    {r["clip_id"]: common for r in test}))
+    return out
+
+
+def results_table(results):
+    """The paper's Tables 2-7 layout in Markdown: baselines, zero-shot, from scratch, VLM, and the paper."""
+    def f(x, k):
+        if x is None or x.get(k) is None:
+            return "-"
+        v = x[k]
+        return f"{v:.4f}" if k == "CIDEr" else (f"{v:.1f}" if k == "MedR" else f"{v:.2f}")
+
+    rows = [("chance / trivial baseline", "baselines"), ("zero-shot (pre-trained, no fine-tuning)", "zero_shot"),
+            ("from scratch (no pre-training)", "scratch"), ("VLM (pre-trained + fine-tuned)", "pretrained"),
+            ("paper, real dataset", "paper")]
+    sections = [("Text-video retrieval, MSR-VTT-like (Table 2)", "retrieval-msrvtt", ["R1", "R5", "R10", "MedR"]),
+                ("Text-video retrieval, YouCook2-like (Table 3)", "retrieval-youcook2", ["R1", "R5", "R10", "MedR"]),
+                ("Action segmentation, COIN-like (Table 4): frame accuracy", "segmentation", ["acc"]),
+                ("Step localization, CrossTask-like (Table 5): average recall", "localization", ["recall"]),
+                ("Multiple-choice QA, MSR-VTT-MC-like (Table 6): accuracy", "qa", ["acc"]),
+                ("Captioning, YouCook2-like (Table 7)", "captioning",
+                 ["BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"])]
+    src = dict(results, paper=PAPER)
+    lines = ["Measured on the built-in synthetic world, NOT on the real datasets; the paper's rows are the real-data "
+             "numbers of Xu et al. 2021, for orientation only.", ""]
+    for title, key, cols in sections:
+        lines += [f"### {title}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for label, r in rows:
+            x = src.get(r, {}).get(key)
+            if r == "paper" and key == "localization":
+                x = {"recall": f"{PAPER['localization']['recall']} (zero-shot {PAPER['localization-zero-shot']['recall']})"}
+                lines.append(f"| {label} | {x['recall']} |")
+                continue
+            if x is None and r == "zero_shot":
+                continue
+            lines.append(f"| {label} | " + " | ".join(f(x, c) for c in cols) + " |")
+        if key == "segmentation":
+            extra = [(lab, src.get(r, {}).get(key)) for lab, r in rows if r in ("scratch", "pretrained")]
+            lines += ["", "Without background frames: " + ", ".join(
+                f"{lab}: {f(x, 'acc_no_bg')}" for lab, x in extra) + "."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# command line
+
+
+def main(argv=None):
+    import argparse
+    import vlm as vlm_module
+    from train import amp_setup, load_trained
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint on one downstream task (paper metrics).")
+    p.add_argument("--task", required=True, choices=list(SELECT), help="downstream task")
+    p.add_argument("--ckpt", required=True, help="fine-tuned best.pt, or with --zero_shot a pre-trained model")
+    p.add_argument("--data", default="data/world", help="data directory")
+    p.add_argument("--dataset", default="youcook2", choices=["youcook2", "msrvtt"], help="retrieval data")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="split to evaluate")
+    p.add_argument("--zero_shot", action="store_true", help="retrieval / localization straight from pre-training")
+    p.add_argument("--tokenizer", default="", help="tokenizer directory (default: the pre-trained model's or --data)")
+    p.add_argument("--show", type=int, default=0, help="print this many worked examples (paper Tables 10-11)")
+    p.add_argument("--out", default="", help="JSON file for the metrics (default: beside the checkpoint)")
+    p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto")
+    a = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _, ctx, _ = amp_setup(a.dtype, device)
+    if a.zero_shot:
+        if a.task not in ("retrieval", "localization"):
+            raise SystemExit("--zero_shot applies to retrieval and localization (other tasks need a new head or "
+                             "fine-tuning)")
+        model = load_trained(a.ckpt).to(device).eval()
+    else:
+        model = load_finetuned(a.ckpt, device, task=a.task)
+    tok_dir = a.tokenizer or (a.ckpt if os.path.isdir(a.ckpt) and a.zero_shot else "")
+    if not tok_dir:
+        tok_dir = a.data
+    tok = vlm_module.load_tokenizer(tok_dir)
+    if tok.get_vocab_size() != getattr(model, "vlm", model).config.vocab_size:
+        raise SystemExit(f"tokenizer in {tok_dir} has {tok.get_vocab_size()} entries, the checkpoint "
+                         f"{getattr(model, 'vlm', model).config.vocab_size}: pass --tokenizer")
+    m = run_task(a.task, model, a.data, a.split, tok, dataset=a.dataset, device=device, ctx=ctx, show=a.show)
+    key = f"retrieval-{a.dataset}" if a.task == "retrieval" else a.task
+    paper = PAPER.get(key + ("-zero-shot" if a.zero_shot and a.task == "localization" else ""), {})
+    print(f"{key} ({a.split}{', zero-shot' if a.zero_shot else ''}), built-in world vs paper (real data):")
+    for k, v in m.items():
+        if v is None:
+            print(f"  {k:10s} unavailable")
+        else:
+            print(f"  {k:10s} {v:10.4f}" + (f"   paper {paper[k]}" if k in paper else ""))
+    out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), f"eval-{key}-{a.split}.json")
+    with open(out, "w") as f:
+        json.dump(m, f, indent=1)
+    print(f"wrote {out}")
+    return m
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""
+Fine-tuning VLM on the five downstream tasks (paper sec. 4, Fig. 3; Tables 2-7), one encoder switched by
+attention masks:
+
+  retrieval     (sec. 4.1)  isolated mask; pooled text vs pooled video; in-batch CE text->video
+  qa            (sec. 4.4)  isolated mask; trained as video->text contrastive on retrieval captions
+  segmentation  (sec. 4.2)  isolated mask; a linear classifier on every video token; windows of 32 s
+  localization  (sec. 4.3)  video windows and step texts encoded separately; BCE on frame x step dot products
+  captioning    (sec. 4.5)  captioning mask; right-shifted text; BERT's LM head; next-token CE
+
+  python finetune.py --task retrieval --init out/pretrain/model --data data/world --out out/ft
+  python finetune.py --task all          # every task, pre-trained and from scratch, then the results table
+  torchrun --standalone --nproc_per_node=2 finetune.py --task retrieval
+
+Optimisation as sec. 5.2 (Adam (0.9, 0.98), linear warm-up of 122 steps then linear decay, clip 2.0), the
+DDP / AMP / checkpoint machinery of train.py, and model selection on the validation split (never on test):
+the best epoch on validation is kept in OUT/<task>/best.pt and then evaluated once on test by evaluate.py.
+"""
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import data
+import evaluate
+from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
+from train import (Objective, StopFlag, amp_setup, any_rank, atomic_save, ensure_world, load_trained, lr_at,
+                   make_optimizer, optimizer_step, parse_config, setup_distributed, to_device, wrap_ddp)
+
+TASKS = ("retrieval", "qa", "segmentation", "localization", "captioning")
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = "retrieval"  # retrieval | qa | segmentation | localization | captioning | all
+    dataset: str = "youcook2"  # retrieval data: youcook2 | msrvtt (qa always uses msrvtt)
+    init: str = "out/pretrain/model"  # pre-trained model (directory or ckpt.pt)
+    scratch: bool = False  # ignore the pre-trained weights: same architecture, random init (the no-pre-training row)
+    data: str = "data/world"  # data directory
+    out: str = "out/finetune"  # output directory; each run writes OUT/<run>/{best.pt, log.jsonl, test.json}
+    epochs: int = 8  # passes over the training set
+    batch_size: int = 32  # examples per batch per process (clips, windows or captions)
+    lr: float = 2e-4  # peak learning rate (paper: 5e-5 for bert-base)
+    warmup: int = 122  # warm-up steps (sec. 5.2), capped at a tenth of all steps for short runs
+    beta2: float = 0.98  # Adam beta2
+    grad_clip: float = 2.0  # gradient norm clip
+    dtype: str = "auto"  # float32 | bfloat16 | float16; auto = bf16 on GPU, fp32 on CPU
+    compile: bool = False  # torch.compile the model (GPU)
+    resume: bool = False  # continue from OUT/<run>/ckpt.pt (written at every epoch end)
+    seed: int = 0  # random seed
+    synth_size: str = "default"  # size of the built-in world built if --data is missing
+
+
+# -----------------------------------------------------------------------------------------------------------
+# the task model: the shared encoder plus the one new layer a task may need
+
+
+class TaskModel(nn.Module):
+    def __init__(self, vlm, num_classes=0):
+        super().__init__()
+        self.vlm = vlm
+        # sec. 4.2: a classification head on the hidden state of every video token (segmentation only)
+        self.head = nn.Linear(vlm.config.hidden_size, num_classes) if num_classes else None
+
+
+# -----------------------------------------------------------------------------------------------------------
+# training examples per task (validation and test go through evaluate.py's runners)
+
+
+def retrieval_examples(data_dir, dataset, tok, split):
+    recs, store = data.load_retrieval(data_dir, dataset, split)
+    out, trunc = [], 0
+    for r in recs:
+        ids, n = data.encode_texts(tok, r["texts"])
+        trunc += n
+        out.append({"video": evaluate.record_clip(store, r), "texts": ids})
+    return out, trunc
+
+
+def window_examples(records, stride, size=32):
+    """Whole videos cut into windows of `size` seconds (sec. 4.2: stride 8 for training)."""
+    out = []
+    for r in records:
+        feat = np.asarray(r["feat"], dtype=np.float32)
+        for s in evaluate.windows(len(feat), size=size, stride=stride):
+            out.append({**{k: v[s:s + size] for k, v in r.items() if k in ("feat", "labels")},
+                        **{k: v for k, v in r.items() if k not in ("feat", "labels")}})
+    return out
+
+
+def segmentation_examples(data_dir, split):
+    recs, store, num_classes = data.load_coin(data_dir, split)
+    full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"]} for r in recs]
+    return window_examples(full, stride=8), num_classes
+
+
+def localization_examples(data_dir, split):
+    recs, tasks, store = data.load_crosstask(data_dir, split)
+    full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"], "task": r["task"]}
+            for r in recs]
+    return window_examples(full, stride=8), tasks
+
+
+def captioning_examples(data_dir, tok, split):
+    recs, store = data.load_captioning(data_dir, split)
+    ids, trunc = data.encode_texts(tok, [r["text"] for r in recs], max_len=60)  # + BOS / [SEP] = 61
+    return [{"video": evaluate.record_clip(store, r), "text": t} for r, t in zip(recs, ids)], trunc
+
+
+# -----------------------------------------------------------------------------------------------------------
+# batches and losses
+
+
+def make_batch(task, exs, rng, cfg, extra):
+    c = cfg  # the model config (special ids)
+    if task in ("retrieval", "qa"):
+        texts = [e["texts"][rng.integers(len(e["texts"]))] for e in exs]  # one caption per video visit
+        return data.collate_pairs([e["video"] for e in exs], texts, pad_id=c.pad_token_id)
+    if task == "segmentation":
+        b = data.collate_pairs([e["feat"] for e in exs], [[c.sep_token_id]] * len(exs), pad_id=c.pad_token_id)
+        labels = torch.full(b["video_mask"].shape, -100, dtype=torch.long)
+        for i, e in enumerate(exs):
+            labels[i, :len(e["labels"])] = torch.as_tensor(e["labels"], dtype=torch.long)
+        return {**b, "labels": labels}
+    if task == "localization":
+        tasks = extra
+        b = data.collate_pairs([e["feat"] for e in exs], [[c.sep_token_id]] * len(exs), pad_id=c.pad_token_id)
+        K = max(len(tasks[e["task"]]["steps"]) for e in exs)
+        targets = torch.zeros(len(exs), b["video_mask"].shape[1], K)
+        step_mask = torch.zeros(len(exs), K, dtype=torch.bool)
+        step_ids = []
+        for i, e in enumerate(exs):
+            k = e["labels"].shape[1]
+            targets[i, :len(e["labels"]), :k] = torch.as_tensor(e["labels"])
+            step_mask[i, :k] = True
+            steps = tasks[e["task"]]["step_ids"]
+            step_ids += steps + [[c.sep_token_id]] * (K - len(steps))
+        s = data.collate_pairs([np.zeros((1, 512), np.float32)] * len(step_ids), step_ids, pad_id=c.pad_token_id)
+        return {**b, "targets": targets, "step_mask": step_mask, "step_ids": s["text_ids"],
+                "step_text_mask": s["text_mask"], "K": K}
+    if task == "captioning":
+        # sec. 4.5: input right-shifted (BOS = [CLS]); the final [SEP] is the end token to predict
+        text_in = [[c.cls_token_id] + e["text"] for e in exs]
+        b = data.collate_pairs([e["video"] for e in exs], text_in, pad_id=c.pad_token_id)
+        labels = torch.full(b["text_ids"].shape, -100, dtype=torch.long)
+        for i, e in enumerate(exs):
+            labels[i, :len(e["text"]) + 1] = torch.as_tensor(e["text"] + [c.sep_token_id])
+        return {**b, "labels": labels}
+    raise ValueError(task)
+
+
+def task_loss(task):
+    """loss_fn(task_model, batch) -> (loss, stats) for the task (SPEC §2, fine-tuning losses)."""
+    def retrieval(tm, b):
+        t = tm.vlm.encode_text(b["text_ids"], b["text_mask"])  # (B, H)
+        v = tm.vlm.encode_video(b["video"], b["video_mask"])  # (B, H)
+        return contrastive_loss(t, v), {}  # text -> video
+
+    def qa(tm, b):
+        t = tm.vlm.encode_text(b["text_ids"], b["text_mask"])
+        v = tm.vlm.encode_video(b["video"], b["video_mask"])
+        return contrastive_loss(v, t), {}  # video -> text: rank the answers for a video
+
+    def segmentation(tm, b):
+        h = tm.vlm.video_states(b["video"], b["video_mask"])[:, :b["video_mask"].shape[1]]  # (B, Tv, H)
+        return frame_loss(tm.head(h), b["labels"]), {}
+
+    def localization(tm, b):
+        B, K = b["targets"].shape[0], b["K"]
+        frames = tm.vlm.video_states(b["video"], b["video_mask"])[:, :b["video_mask"].shape[1]]  # (B, Tv, H)
+        steps = tm.vlm.encode_text(b["step_ids"], b["step_text_mask"]).view(B, K, -1)  # (B, K, H)
+        mask = b["video_mask"][:, :, None] & b["step_mask"][:, None, :]  # (B, Tv, K)
+        return step_bce_loss(frames, steps, b["targets"], mask), {}
+
+    def captioning(tm, b):
+        logits = tm.vlm.caption_logits(b["video"], b["video_mask"], b["text_ids"], b["text_mask"])
+        return caption_loss(logits, b["labels"]), {}
+
+    return {"retrieval": retrieval, "qa": qa, "segmentation": segmentation, "localization": localization,
+            "captioning": captioning}[task]
+
+
+def batch_order(n, batch_size, epoch, seed, rank, world):
+    """Shuffled index batches for one epoch; every rank gets the same number of disjoint batches."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    per_rank = n // world
+    mine = perm[rank * per_rank:(rank + 1) * per_rank]
+    return [mine[i:i + batch_size] for i in range(0, len(mine) - batch_size + 1, batch_size)] or [mine]
+
+
+# -----------------------------------------------------------------------------------------------------------
+# one fine-tuning run
+
+
+def run(cfg, task, dist_state, dataset=None, verbose=True):
+    """Fine-tune one task, keep the best epoch on validation, evaluate it on test. Returns test metrics."""
+    import vlm as vlm_module
+    ddp, rank, world, device = dist_state
+    master = rank == 0
+    dataset = dataset or ("msrvtt" if task == "qa" else cfg.dataset)
+    name = f"{task}-{dataset}" if task == "retrieval" else task
+    name += "-scratch" if cfg.scratch else ""
+    out = os.path.join(cfg.out, name)
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(cfg.seed + rank)
+    dtype, ctx, scaler = amp_setup(cfg.dtype, device)
+
+    base = load_trained(cfg.init)
+    if cfg.scratch:  # the same architecture, no pre-training
+        torch.manual_seed(cfg.seed)
+        base = vlm_module.VLM(base.config)
+    tok = vlm_module.load_tokenizer(cfg.init if os.path.isdir(cfg.init) else os.path.dirname(cfg.init))
+    mc = base.config
+
+    extra, num_classes, trunc = None, 0, 0
+    if task in ("retrieval", "qa"):
+        train_ex, trunc = retrieval_examples(cfg.data, dataset, tok, "train")
+    elif task == "segmentation":
+        train_ex, num_classes = segmentation_examples(cfg.data, "train")
+    elif task == "localization":
+        train_ex, extra = localization_examples(cfg.data, "train")
+        for t in extra.values():
+            t["step_ids"], n = data.encode_texts(tok, t["steps"])
+            trunc += n
+    else:
+        train_ex, trunc = captioning_examples(cfg.data, tok, "train")
+    if not train_ex:
+        raise SystemExit(f"{cfg.data}: the {task} training split is empty")
+    if master and trunc:
+        print(f"{name}: {trunc} training texts were longer than the text budget and were truncated")
+
+    model = TaskModel(base, num_classes).to(device)
+    optimizer = make_optimizer(model, cfg.lr, cfg.beta2, device)
+    per_epoch = len(batch_order(len(train_ex), cfg.batch_size, 0, cfg.seed, rank, world))
+    total = per_epoch * cfg.epochs
+    warmup = min(cfg.warmup, max(1, total // 10))
+    objective = Objective(model, task_loss(task))
+    if cfg.compile:
+        objective = torch.compile(objective)
+    if ddp:
+        objective = wrap_ddp(objective, device)
+
+    ckpt_path, best_path = os.path.join(out, "ckpt.pt"), os.path.join(out, "best.pt")
+    start_epoch, best, step = 0, -float("inf"), 0
+    if cfg.resume and os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        start_epoch, best, step = ck["epoch"] + 1, ck["best"], ck["step"]
+    log = open(os.path.join(out, "log.jsonl"), "a") if master else None
+    stop = StopFlag()
+
+    def model_state():
+        return {"task": task, "dataset": dataset, "model_config": dataclasses.asdict(mc),
+                "model": model.vlm.state_dict(), "head": model.head.state_dict() if model.head else None,
+                "num_classes": num_classes}
+
+    t0 = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        losses = []
+        for idx in batch_order(len(train_ex), cfg.batch_size, epoch, cfg.seed, rank, world):
+            lr = lr_at(step, cfg.lr, warmup, total)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            batch = to_device(make_batch(task, [train_ex[i] for i in idx], rng, mc, extra), device)
+            loss, _, finite = optimizer_step(objective, [batch], optimizer, scaler, ctx, cfg.grad_clip, ddp)
+            losses.append(loss)
+            step += 1
+        # model selection on the validation split (evaluate.py's runner for this task)
+        if master:
+            model.eval()
+            val = evaluate.run_task(task, model, cfg.data, "val", tok, dataset=dataset, device=device, ctx=ctx)
+            model.train()
+            score = val[evaluate.SELECT[task]] * (-1 if task == "captioning" else 1)
+            rec = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "lr": lr,
+                   "val": val, "seconds": time.time() - t0}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            if verbose:
+                print(f"{name} epoch {epoch}: train loss {rec['loss']:.4f} | val "
+                      + " ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, float)))
+            if score > best:
+                best = score
+                atomic_save(model_state(), best_path)
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                         "best": best, "step": step}, ckpt_path)
+        if any_rank(stop.stop, ddp, device):
+            if master:
+                print(f"stopped: {ckpt_path} saved after epoch {epoch}; continue with --resume")
+            return None
+    if ddp:
+        torch.distributed.barrier()
+    result = None
+    if master:
+        best_model = evaluate.load_finetuned(best_path, device)
+        result = evaluate.run_task(task, best_model, cfg.data, "test", tok, dataset=dataset, device=device, ctx=ctx)
+        with open(os.path.join(out, "test.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        if verbose:
+            print(f"{name} test: " + " ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float)))
+        log.close()
+    return result
+
+
+def run_all(cfg, dist_state):
+    """Every task fine-tuned from the pre-trained model and from scratch, the zero-shot rows, the trivial
+    baselines, then one results table (OUT/results.md and OUT/results.json)."""
+    jobs = [("retrieval", "msrvtt"), ("retrieval", "youcook2"), ("qa", "msrvtt"), ("segmentation", None),
+            ("localization", None), ("captioning", None)]
+    results = {"pretrained": {}, "scratch": {}}
+    t0 = time.time()
+    for row, scratch in (("pretrained", False), ("scratch", True)):
+        c = dataclasses.replace(cfg, scratch=scratch)
+        for task, ds in jobs:
+            key = f"retrieval-{ds}" if task == "retrieval" else task
+            results[row][key] = run(c, task, dist_state, dataset=ds)
+    if dist_state[1] != 0:
+        return None
+    import vlm as vlm_module
+    device = dist_state[3]
+    _, ctx, _ = amp_setup(cfg.dtype, device)
+    tok = vlm_module.load_tokenizer(cfg.init if os.path.isdir(cfg.init) else os.path.dirname(cfg.init))
+    model = load_trained(cfg.init).to(device).eval()
+    results["zero_shot"] = {  # paper Table 5, first VLM row: straight from pre-training
+        "retrieval-msrvtt": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "msrvtt", device, ctx),
+        "retrieval-youcook2": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "youcook2", device, ctx),
+        "localization": evaluate.run_task("localization", model, cfg.data, "test", tok, device=device, ctx=ctx)}
+    results["baselines"] = evaluate.baselines(cfg.data, tok)
+    results["seconds"] = time.time() - t0
+    table = evaluate.results_table(results)
+    print(table)
+    with open(os.path.join(cfg.out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(cfg.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"results: {os.path.join(cfg.out, 'results.md')} and results.json ({results['seconds']:.0f}s)")
+    return results
+
+
+def main(argv=None):
+    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0])
+    if cfg.task not in TASKS + ("all",):
+        raise SystemExit(f"--task {cfg.task!r}: choose one of {', '.join(TASKS + ('all',))}")
+    dist_state = setup_distributed()
+    ensure_world(cfg.data, cfg.synth_size, cfg.seed, dist_state[1] == 0, dist_state[0])
+    if cfg.task == "all":
+        return run_all(cfg, dist_state)
+    return run(cfg, cfg.task, dist_state)
+
+
+if __name__ == "__main__":
+    main()
