@@ -634,6 +634,9 @@ def load_finetuned(path, device="cpu", task=None):
     model.vlm.load_state_dict(ck["model"])
     if model.head is not None:
         model.head.load_state_dict(ck["head"])
+    if ck.get("tokenizer"):
+        from tokenizers import Tokenizer
+        model.tokenizer = Tokenizer.from_str(ck["tokenizer"])
     return model.to(device).eval()
 
 
@@ -711,7 +714,7 @@ def results_table(results):
 def main(argv=None):
     import argparse
     import vlm as vlm_module
-    from train import amp_setup, load_trained
+    from train import amp_setup, load_trained, trained_tokenizer
     p = argparse.ArgumentParser(description="Evaluate a checkpoint on one downstream task (paper metrics).")
     p.add_argument("--task", required=True, choices=list(SELECT), help="downstream task")
     p.add_argument("--ckpt", required=True, help="fine-tuned best.pt, or with --zero_shot a pre-trained model")
@@ -733,13 +736,15 @@ def main(argv=None):
         model = load_trained(a.ckpt).to(device).eval()
     else:
         model = load_finetuned(a.ckpt, device, task=a.task)
-    tok_dir = a.tokenizer or (a.ckpt if os.path.isdir(a.ckpt) and a.zero_shot else "")
-    if not tok_dir:
-        tok_dir = a.data
-    tok = vlm_module.load_tokenizer(tok_dir)
+    if a.tokenizer:
+        tok = vlm_module.load_tokenizer(a.tokenizer)
+    elif getattr(model, "tokenizer", None) is not None:  # fine-tuned checkpoints carry their tokenizer
+        tok = model.tokenizer
+    else:
+        tok = trained_tokenizer(a.ckpt, a.data)
     if tok.get_vocab_size() != getattr(model, "vlm", model).config.vocab_size:
-        raise SystemExit(f"tokenizer in {tok_dir} has {tok.get_vocab_size()} entries, the checkpoint "
-                         f"{getattr(model, 'vlm', model).config.vocab_size}: pass --tokenizer")
+        raise SystemExit(f"the tokenizer has {tok.get_vocab_size()} entries, the checkpoint's embeddings "
+                         f"{getattr(model, 'vlm', model).config.vocab_size}: pass --tokenizer DIR")
     m = run_task(a.task, model, a.data, a.split, tok, dataset=a.dataset, device=device, ctx=ctx, show=a.show)
     key = f"retrieval-{a.dataset}" if a.task == "retrieval" else a.task
     paper = PAPER.get(key + ("-zero-shot" if a.zero_shot and a.task == "localization" else ""), {})

@@ -30,7 +30,8 @@ import data
 import evaluate
 from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
 from train import (Objective, StopFlag, amp_setup, any_rank, atomic_save, ensure_world, load_trained, lr_at,
-                   make_optimizer, optimizer_step, parse_config, setup_distributed, to_device, wrap_ddp)
+                   make_optimizer, optimizer_step, parse_config, setup_distributed, to_device, trained_tokenizer,
+                   wrap_ddp)
 
 TASKS = ("retrieval", "qa", "segmentation", "localization", "captioning")
 
@@ -214,7 +215,7 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
     if cfg.scratch:  # the same architecture, no pre-training
         torch.manual_seed(cfg.seed)
         base = vlm_module.VLM(base.config)
-    tok = vlm_module.load_tokenizer(cfg.init if os.path.isdir(cfg.init) else os.path.dirname(cfg.init))
+    tok = trained_tokenizer(cfg.init, cfg.data)
     mc = base.config
 
     extra, num_classes, trunc = None, 0, 0
@@ -258,7 +259,7 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
     def model_state():
         return {"task": task, "dataset": dataset, "model_config": dataclasses.asdict(mc),
                 "model": model.vlm.state_dict(), "head": model.head.state_dict() if model.head else None,
-                "num_classes": num_classes}
+                "num_classes": num_classes, "tokenizer": tok.to_str()}
 
     t0 = time.time()
     for epoch in range(start_epoch, cfg.epochs):
@@ -325,7 +326,7 @@ def run_all(cfg, dist_state):
     import vlm as vlm_module
     device = dist_state[3]
     _, ctx, _ = amp_setup(cfg.dtype, device)
-    tok = vlm_module.load_tokenizer(cfg.init if os.path.isdir(cfg.init) else os.path.dirname(cfg.init))
+    tok = trained_tokenizer(cfg.init, cfg.data)
     model = load_trained(cfg.init).to(device).eval()
     results["zero_shot"] = {  # paper Table 5, first VLM row: straight from pre-training
         "retrieval-msrvtt": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "msrvtt", device, ctx),

@@ -290,6 +290,16 @@ def build_model(cfg, data_dir):
     return vlm.VLM(mcfg), tok
 
 
+def trained_tokenizer(path, data_dir):
+    """The tokenizer saved with a model (its directory, or beside a ckpt.pt), else the data directory's."""
+    import vlm
+    for d in (path if os.path.isdir(path) else os.path.dirname(path), os.path.join(os.path.dirname(path), "model"),
+              data_dir):
+        if any(os.path.exists(os.path.join(d, f)) for f in ("tokenizer.json", "vocab.txt")):
+            return vlm.load_tokenizer(d)
+    raise FileNotFoundError(f"no tokenizer.json or vocab.txt beside {path} or in {data_dir}")
+
+
 def load_trained(path):
     """A model from a project checkpoint: a model directory (VLM.save) or a training ckpt.pt."""
     import vlm
