@@ -34,6 +34,8 @@ from train import (Objective, StopFlag, amp_setup, any_rank, atomic_save, ensure
                    wrap_ddp)
 
 TASKS = ("retrieval", "qa", "segmentation", "localization", "captioning")
+# default passes over each task's training set on the built-in world (--epochs overrides)
+EPOCHS = {"retrieval": 8, "qa": 8, "segmentation": 6, "localization": 6, "captioning": 8}
 
 
 @dataclass
@@ -44,7 +46,7 @@ class FinetuneConfig:
     scratch: bool = False  # ignore the pre-trained weights: same architecture, random init (the no-pre-training row)
     data: str = "data/world"  # data directory
     out: str = "out/finetune"  # output directory; each run writes OUT/<run>/{best.pt, log.jsonl, test.json}
-    epochs: int = 8  # passes over the training set
+    epochs: int = 0  # passes over the training set (0 = the task's default in EPOCHS)
     batch_size: int = 32  # examples per batch per process (clips, windows or captions)
     lr: float = 2e-4  # peak learning rate (paper: 5e-5 for bert-base)
     warmup: int = 122  # warm-up steps (sec. 5.2), capped at a tenth of all steps for short runs
@@ -104,7 +106,7 @@ def localization_examples(data_dir, split):
     recs, tasks, store = data.load_crosstask(data_dir, split)
     full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"], "task": r["task"]}
             for r in recs]
-    return window_examples(full, stride=8), tasks
+    return window_examples(full, stride=16), tasks  # CrossTask windows: the test stride, half the windows
 
 
 def captioning_examples(data_dir, tok, split):
@@ -238,7 +240,8 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
     model = TaskModel(base, num_classes).to(device)
     optimizer = make_optimizer(model, cfg.lr, cfg.beta2, device)
     per_epoch = len(batch_order(len(train_ex), cfg.batch_size, 0, cfg.seed, rank, world))
-    total = per_epoch * cfg.epochs
+    epochs = cfg.epochs or EPOCHS[task]
+    total = per_epoch * epochs
     warmup = min(cfg.warmup, max(1, total // 10))
     objective = Objective(model, task_loss(task))
     if cfg.compile:
@@ -262,7 +265,7 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
                 "num_classes": num_classes, "tokenizer": tok.to_str()}
 
     t0 = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, epochs):
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         losses = []
         for idx in batch_order(len(train_ex), cfg.batch_size, epoch, cfg.seed, rank, world):

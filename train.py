@@ -45,14 +45,15 @@ class TrainConfig:
     layers: int = 4  # from scratch: number of transformer layers
     hidden: int = 256  # from scratch: hidden size
     heads: int = 4  # from scratch: attention heads
+    word_init: float = 0.3  # from scratch: std of the word-embedding init (see build_model)
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all --epochs)
-    epochs: int = 6  # passes over the pre-training videos
+    epochs: int = 1  # passes over the pre-training videos
     batch_videos: int = 4  # videos per batch per process (paper: 8)
     clips_per_video: int = 16  # clips drawn per video visit (paper: 32)
     grad_accum: int = 1  # micro-batches per optimizer step
     num_workers: int = 0  # DataLoader worker processes
     lr: float = 5e-4  # peak learning rate (paper: 5e-5 from BERT)
-    warmup: int = 100  # linear warm-up steps (paper: 1000), then linear decay to 0
+    warmup: int = 30  # linear warm-up steps (paper: 1000), then linear decay to 0
     beta2: float = 0.98  # Adam beta2 (beta1 = 0.9, eps = 1e-8, no weight decay)
     grad_clip: float = 2.0  # clip the gradient norm at this value (0 = off)
     dtype: str = "auto"  # float32 | bfloat16 | float16 (fp16 uses a GradScaler); auto = bf16 on GPU, fp32 on CPU
@@ -287,7 +288,16 @@ def build_model(cfg, data_dir):
                          num_attention_heads=cfg.heads, intermediate_size=4 * cfg.hidden,
                          cls_token_id=ids["cls"], sep_token_id=ids["sep"], mask_token_id=ids["mask"],
                          pad_token_id=ids["pad"])
-    return vlm.VLM(mcfg), tok
+    model = vlm.VLM(mcfg)
+    # At BERT's init (std 0.02) the word embeddings (norm ~0.3) are dwarfed by the video tokens (MLP outputs,
+    # norm ~5). L_VLM scores both in one softmax, and the cheapest way to tell the modalities apart is then one
+    # shared direction added to every video token, which the embedding LayerNorm turns into near-identical video
+    # inputs: the video stream collapses (measured: README, "Pre-training from scratch"). A real BERT's words
+    # have norm ~1.4; from scratch we start them at the video tokens' scale instead.
+    with torch.no_grad():
+        model.bert.wte.weight.normal_(0.0, cfg.word_init)
+        model.bert.wte.weight[mcfg.pad_token_id].zero_()
+    return model, tok
 
 
 def trained_tokenizer(path, data_dir):
