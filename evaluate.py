@@ -640,6 +640,21 @@ def load_finetuned(path, device="cpu", task=None):
     return model.to(device).eval()
 
 
+@torch.no_grad()
+def video_collapse(vlm, data_dir, n=32):
+    """How much of the video stream is one shared direction (README, "What pre-training buys"): the norm of
+    the video MLP's mean output against its per-token part, and how much the last layer's states differ across
+    the seconds of one clip (std over a clip's valid tokens, averaged) against their norm."""
+    recs, store = data.load_retrieval(data_dir, "youcook2", "val")
+    b = data.collate_pairs([record_clip(store, r) for r in recs[:n]], [[0]] * min(n, len(recs)))
+    vm = b["video_mask"]
+    x = vlm.video_mlp(b["video"])[vm]  # (N, H) video tokens (Eq. 1)
+    h = vlm.video_states(b["video"], vm)[:, :vm.shape[1]]  # (B, Tv, H)
+    within = [h[i, vm[i]].std(0).norm() for i in range(len(h)) if vm[i].sum() > 1]
+    return {"mlp_mean_norm": float(x.mean(0).norm()), "mlp_token_norm": float((x - x.mean(0)).norm(dim=-1).mean()),
+            "state_norm": float(h[vm].norm(dim=-1).mean()), "state_spread_in_clip": float(torch.stack(within).mean())}
+
+
 def baselines(data_dir, tok):
     """Chance and trivial baselines on the test splits, computed the same way as the model's numbers."""
     out = {}
@@ -716,7 +731,9 @@ def main(argv=None):
     import vlm as vlm_module
     from train import amp_setup, load_trained, trained_tokenizer
     p = argparse.ArgumentParser(description="Evaluate a checkpoint on one downstream task (paper metrics).")
-    p.add_argument("--task", required=True, choices=list(SELECT), help="downstream task")
+    p.add_argument("--task", choices=list(SELECT), help="downstream task")
+    p.add_argument("--diagnose", action="store_true", help="print how collapsed a pre-trained model's video "
+                   "stream is (video_collapse) and exit")
     p.add_argument("--ckpt", required=True, help="fine-tuned best.pt, or with --zero_shot a pre-trained model")
     p.add_argument("--data", default="data/world", help="data directory")
     p.add_argument("--dataset", default="youcook2", choices=["youcook2", "msrvtt"], help="retrieval data")
@@ -729,6 +746,12 @@ def main(argv=None):
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _, ctx, _ = amp_setup(a.dtype, device)
+    if a.diagnose:
+        d = video_collapse(load_trained(a.ckpt).eval(), a.data)
+        print(" ".join(f"{k} {v:.3f}" for k, v in d.items()))
+        return d
+    if not a.task:
+        p.error("--task is required (or --diagnose)")
     if a.zero_shot:
         if a.task not in ("retrieval", "localization"):
             raise SystemExit("--zero_shot applies to retrieval and localization (other tasks need a new head or "

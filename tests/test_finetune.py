@@ -135,3 +135,16 @@ def test_evaluate_command_line(tiny_world, pretrained, tmp_path, capsys):
         assert json.load(f) == m
     with pytest.raises(SystemExit, match="zero_shot applies to retrieval and localization"):
         evaluate.main(["--task", "captioning", "--zero_shot", "--ckpt", pretrained, "--data", tiny_world])
+
+
+def test_video_collapse_diagnostic_sees_a_shared_direction(tiny_world, pretrained):
+    model = train.load_trained(pretrained).eval()
+    before = evaluate.video_collapse(model, tiny_world)
+    with torch.no_grad():  # add one large direction to every video token: the collapse the README describes
+        # a random direction (a constant one would be removed by the embedding LayerNorm's centring)
+        direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        model.video_mlp.fc2.bias.add_(50.0 * direction)
+    after = evaluate.video_collapse(model, tiny_world)
+    assert after["mlp_mean_norm"] > 10 * before["mlp_mean_norm"]
+    assert after["mlp_token_norm"] == pytest.approx(before["mlp_token_norm"], rel=1e-4)
+    assert after["state_spread_in_clip"] < 0.5 * before["state_spread_in_clip"]
