@@ -89,10 +89,8 @@ def window_examples(records, stride, size=32):
     """Whole videos cut into windows of `size` seconds (sec. 4.2: stride 8 for training)."""
     out = []
     for r in records:
-        feat = np.asarray(r["feat"], dtype=np.float32)
-        for s in evaluate.windows(len(feat), size=size, stride=stride):
-            out.append({**{k: v[s:s + size] for k, v in r.items() if k in ("feat", "labels")},
-                        **{k: v for k, v in r.items() if k not in ("feat", "labels")}})
+        for s in evaluate.windows(len(r["feat"]), size=size, stride=stride):
+            out.append({**r, "feat": r["feat"][s:s + size], "labels": r["labels"][s:s + size]})
     return out
 
 
@@ -119,8 +117,8 @@ def captioning_examples(data_dir, tok, split):
 # batches and losses
 
 
-def make_batch(task, exs, rng, cfg, extra):
-    c = cfg  # the model config (special ids)
+def make_batch(task, exs, rng, c, extra):
+    """Collate examples of `task` into a batch; c is the model config (special token ids)."""
     if task in ("retrieval", "qa"):
         texts = [e["texts"][rng.integers(len(e["texts"]))] for e in exs]  # one caption per video visit
         return data.collate_pairs([e["video"] for e in exs], texts, pad_id=c.pad_token_id)
