@@ -374,17 +374,8 @@ def bench_data(args, device, ctx, res):
     K = min(32, clips)
     bv = max(1, clips // K)
     d = data.PretrainData(root, vlm.load_tokenizer(root), clips_per_video=K, features=packed)
-    n, seen, epoch, t0 = 0, -1, 0, None
-    n_batches = 5 if args.quick else 40
-    while seen < n_batches:  # the first batch is not timed
-        for batch in d.loader(bv, epoch=epoch, num_workers=0):
-            seen += 1
-            if seen == 0:
-                t0 = time.perf_counter()
-            elif seen <= n_batches:
-                n += batch["video"].shape[0]
-        epoch += 1
-    rate = n / (time.perf_counter() - t0)
+    n, dt = data.time_loader(d, bv, 0, 5 if args.quick else 40)
+    rate = n / dt
     out = dict(world=root, batch=f"{bv} videos x {K} clips", loader_clips_per_s=rate, workers=0)
     print(f"data ({out['batch']}, packed shards, 0 workers): {rate:.0f} clips/s")
     if "clips_per_s" in step:

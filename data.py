@@ -684,6 +684,23 @@ class PretrainData(torch.utils.data.Dataset):
         return dl
 
 
+def time_loader(pd, batch_videos, num_workers, n_batches):
+    """Clips/s of a PretrainData loader: -> (clips, seconds) over n_batches batches after an untimed first one
+    (worker start-up), over as many epochs as needed."""
+    n, seen, epoch, t0 = 0, -1, 0, None
+    while seen < n_batches:
+        for b in pd.loader(batch_videos, epoch=epoch, num_workers=num_workers):
+            seen += 1
+            if seen == 0:
+                t0 = time.perf_counter()
+            else:
+                n += b["video"].shape[0]
+            if seen == n_batches:
+                break
+        epoch += 1
+    return n, time.perf_counter() - t0
+
+
 class _BatchList(torch.utils.data.Sampler):
     def __init__(self):
         self.batches = []
@@ -753,16 +770,7 @@ def bench(root, workers=(0, 1, 2), batch_videos=8, n_batches=20):
     data = PretrainData(root, _tokenizer(root))
     print(f"bench: {data.num_videos} videos, features {type(data.store).__name__} {data.store.root}")
     for w in workers:
-        n, seen, epoch, t0 = 0, -1, 0, None
-        while seen < n_batches:  # as many epochs as needed; the first batch (worker start-up) is not timed
-            for b in data.loader(batch_videos, epoch=epoch, num_workers=w):
-                seen += 1
-                if seen == 0:
-                    t0 = time.perf_counter()
-                elif seen <= n_batches:
-                    n += b["video"].shape[0]
-            epoch += 1
-        dt = time.perf_counter() - t0
+        n, dt = time_loader(data, batch_videos, w, n_batches)
         print(f"workers={w}: {n / dt:.0f} clips/s ({n} clips in {dt:.2f} s, batch {batch_videos} videos)")
         data._loaders.clear()  # shut this setting's workers down before timing the next
 
