@@ -123,7 +123,17 @@ def setup_distributed():
     if int(os.environ.get("RANK", -1)) == -1:
         return False, 0, 1, "cuda" if torch.cuda.is_available() else "cpu"
     cuda = torch.cuda.is_available()
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    backend = "nccl" if cuda else "gloo"
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # After `--max-restarts` restarts the workers, they meet again in torchrun's own key-value store, which
+        # still holds the addresses the dead attempt published: without a fresh namespace the new process
+        # group reads them and hangs or is refused. The restart count is the same on every worker of the run.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+        dist.init_process_group(backend, store=dist.PrefixStore(f"vlm_restart_{restart}", store),
+                                rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+    else:
+        dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     device = "cpu"
     if cuda:

@@ -1,7 +1,7 @@
 """
 train.py: a one-step smoke test, bit-identical resume, checkpoints that survive a kill during the write,
 non-finite steps skipped and counted, and 2-process gloo DDP on CPU (gradients averaged, ranks equal, equal to
-one process on the concatenated batch).
+one process on the concatenated batch), and a worker killed under `torchrun --max-restarts` resuming by itself.
 
     python -m pytest -q tests/test_train.py
 """
@@ -183,3 +183,42 @@ def test_torchrun_two_processes_end_to_end(tiny_world, tmp_path):
     log = read_log(out)
     assert [r["step"] for r in log] == [1, 2]
     assert "2 process(es)" in res.stdout
+
+
+def test_torchrun_restarts_a_killed_worker_and_resumes(tiny_world, tmp_path):
+    """`torchrun --max-restarts 1`: SIGKILL one worker mid-run; the restarted workers resume from ckpt.pt by
+    themselves and end with the same weights as a run that was never interrupted."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    steps = ["--max_steps", "300", "--ckpt_every", "10", "--log_every", "1"]
+
+    def torchrun(out):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "--max-restarts=1", os.path.join(ROOT, "train.py"), "--data", tiny_world, "--out", out] + SMALL + steps
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    straight = str(tmp_path / "straight")
+    res = torchrun(straight)
+    assert res.wait(timeout=300) == 0, res.stderr.read()[-3000:]
+
+    out = str(tmp_path / "killed")
+    proc = torchrun(out)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a checkpoint exists and a few more steps are done
+        if os.path.exists(os.path.join(out, "log.jsonl")) and read_log(out) and read_log(out)[-1]["step"] >= 15:
+            break
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    killed_at = read_log(out)[-1]["step"]
+    assert killed_at < 300
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    resumed = [line for line in stdout.splitlines() if line.startswith("resumed from")]
+    assert len(resumed) == 1, stdout[-3000:]
+    resumed_step = int(resumed[0].rsplit(" ", 1)[1])
+    assert 10 <= resumed_step <= killed_at + 10 and resumed_step % 10 == 0
+    assert read_log(out)[-1]["step"] == 300
+    a, b = weights(straight), weights(out)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
