@@ -10,7 +10,6 @@ Pre-training and fine-tuning settings are train.py's and finetune.py's defaults;
 `--pretrain_args "--max_steps 100"` and `--finetune_args "--epochs 4"`. Results go to OUT/ablation.{md,json}.
 """
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -77,7 +76,7 @@ def main(argv=None):
                                         "--init", os.path.join(run_dir, "pretrain", "model"),
                                         "--out", os.path.join(run_dir, "finetune")] + ft_extra)
             r = {**finetune.run(cfg, "retrieval", dist_state, dataset="youcook2"),
-                 **finetune.run(dataclasses.replace(cfg), "captioning", dist_state)}
+                 **finetune.run(cfg, "captioning", dist_state)}
             results[v].append(r)
             print(f"{VARIANTS[v][0]}, seed {seed}: " + ", ".join(f"{k} {r[k]:.3f}" for k in RET + CAP
                                                               if r.get(k) is not None))

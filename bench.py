@@ -102,9 +102,10 @@ def base_config(quick, **kw):
 
 
 def small_config(vocab_size=30522):
-    """The repo's from-scratch model (train.py defaults: 4 layers, 256 wide, 4 heads)."""
-    return vlm.VLMConfig(vocab_size=vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                         intermediate_size=1024)
+    """The repo's from-scratch model: train.py's default --layers / --hidden / --heads (as build_model)."""
+    t = train.TrainConfig()
+    return vlm.VLMConfig(vocab_size=vocab_size, hidden_size=t.hidden, num_hidden_layers=t.layers,
+                         num_attention_heads=t.heads, intermediate_size=4 * t.hidden)
 
 
 def random_batch(B, cfg, gen, max_text=61, device="cpu"):
@@ -147,14 +148,8 @@ def hf_bert_like(model):
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=c.layer_norm_eps,
                       max_position_embeddings=c.max_position_embeddings, pad_token_id=c.pad_token_id)
     hf = BertModel(hcfg, add_pooling_layer=False)
-    own, sd = model.state_dict(), {}
-    for name in hf.state_dict():
-        ours = next((o for pat, o in vlm._PATTERNS if pat.match(name)), None)
-        m = next((pat.match(name) for pat, o in vlm._PATTERNS if pat.match(name)), None)
-        if ours is None:
-            raise KeyError(f"bench.py: Hugging Face key {name} has no entry in vlm.HF_TO_OURS")
-        sd[name] = own[ours.format(**m.groupdict())]
-    hf.load_state_dict(sd, strict=True)
+    sd = {vlm.hf_name(k): v for k, v in model.state_dict().items() if k.startswith("bert.")}
+    hf.load_state_dict(sd, strict=True)  # every encoder key, named through vlm.HF_TO_OURS
     return hf
 
 

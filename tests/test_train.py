@@ -204,7 +204,8 @@ def test_torchrun_restarts_a_killed_worker_and_resumes(tiny_world, tmp_path):
     proc = torchrun(out)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until a checkpoint exists and a few more steps are done
-        if os.path.exists(os.path.join(out, "log.jsonl")) and read_log(out) and read_log(out)[-1]["step"] >= 15:
+        log = read_log(out) if os.path.exists(os.path.join(out, "log.jsonl")) else []
+        if log and log[-1]["step"] >= 15:
             break
         time.sleep(0.05)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
