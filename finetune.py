@@ -35,7 +35,7 @@ from train import (Objective, StopFlag, amp_setup, any_rank, atomic_save, ensure
 
 TASKS = ("retrieval", "qa", "segmentation", "localization", "captioning")
 # default passes over each task's training set on the built-in world (--epochs overrides)
-EPOCHS = {"retrieval": 8, "qa": 8, "segmentation": 6, "localization": 6, "captioning": 8}
+EPOCHS = {"retrieval": 8, "qa": 8, "segmentation": 6, "localization": 4, "captioning": 8}
 
 
 @dataclass

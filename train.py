@@ -47,7 +47,7 @@ class TrainConfig:
     heads: int = 4  # from scratch: attention heads
     word_init: float = 0.3  # from scratch: std of the word-embedding init (see build_model)
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all --epochs)
-    epochs: int = 8  # passes over the pre-training videos
+    epochs: int = 7  # passes over the pre-training videos
     # Many videos with few clips each (paper: 8 x 32). From scratch, a batch of few videos fills V' with
     # near-copies of each masked second (overlapping clips of one video); L_VLM then rewards one shared video
     # direction and the video stream collapses. 32 x 2, the same clips per step as 4 x 16, doubles the spread
