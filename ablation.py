@@ -3,8 +3,10 @@ The paper's ablations (sec. 5.4.1, Tables 8-9) on the built-in world: pre-train 
 0%, 30%, 70%, with a minimum of 16 text tokens per clip, and with L_MFM-MLM instead of L_VLM; fine-tune each
 on YouCook2-like retrieval and captioning; print both tables beside the paper's.
 
-    python ablation.py                      # all six variants, seed 0 (about AB_TIME on 2 CPU cores)
+    python ablation.py                      # all six variants, seed 0, train.py's full default pre-training
     python ablation.py --seeds 0 1 --variants mmm50 mmm0
+    python ablation.py --pretrain_args "--max_steps 150 --batch_videos 4 --clips_per_video 16"   # the README's
+                                            # tables: 150 steps of 4 videos x 16 clips each, 27 min on 2 cores
 
 Pre-training and fine-tuning settings are train.py's and finetune.py's defaults; change them with
 `--pretrain_args "--max_steps 100"` and `--finetune_args "--epochs 4"`. Results go to OUT/ablation.{md,json}.
