@@ -7,6 +7,7 @@ on YouCook2-like retrieval and captioning; print both tables beside the paper's.
     python ablation.py --seeds 0 1 --variants mmm50 mmm0
     python ablation.py --pretrain_args "--max_steps 150 --batch_videos 4 --clips_per_video 16"   # the README's
                                             # tables: 150 steps of 4 videos x 16 clips each, 27 min on 2 cores
+    python ablation.py --pretrain_args "--max_steps 150"   # the same with the default 32 x 2 batch, 23 min
 
 Pre-training and fine-tuning settings are train.py's and finetune.py's defaults; change them with
 `--pretrain_args "--max_steps 100"` and `--finetune_args "--epochs 4"`. Results go to OUT/ablation.{md,json}.
