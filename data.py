@@ -467,7 +467,11 @@ def load_crosstask(data_dir, split, n_train=30):
             if not 1 <= step <= K:
                 raise ValueError(f"{path}: step {step} outside 1..{K} of task {task}")
             s, e = _segment(s, e, path, T, counts)
-            s = min(int(math.floor(s)), T - 1)
+            s = int(math.floor(s))
+            if s >= T:  # the CrossTask toolkit's rule: a segment starting past the features marks no frame
+                counts["segments starting past the features, left empty"] = counts.get(
+                    "segments starting past the features, left empty", 0) + 1
+                continue
             labels[s : max(int(math.ceil(e)), s + 1), step - 1] = 1.0
         recs.append({"task": task, "video_id": vid, "labels": labels})
     store.report = _report(f"crosstask/{split}", counts)

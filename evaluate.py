@@ -6,7 +6,8 @@ turn model scores into the numbers the paper reports:
   - captioning (YouCook2): BLEU-1..4, METEOR, ROUGE-L, CIDEr as pycocoevalcap -> caption_metrics
   - action segmentation (COIN): frame accuracy                                -> frame_accuracy,
     windows + window_average (the 32-second windows a long video is cut into)
-  - step localization (CrossTask): ordered DP alignment and average recall    -> dp_align, localization_recall
+  - step localization (CrossTask): ordered DP alignment and average recall    -> step_log_probs, dp_align,
+    localization_recall
   - multiple-choice QA (MSR-VTT MC): accuracy                                 -> mc_accuracy
 Percentages are 0-100; caption_metrics is on pycocoevalcap's own scale (0-1, CIDEr unscaled); the runners
 report BLEU / METEOR / ROUGE-L x100 as the paper's Table 7 does.
@@ -325,13 +326,15 @@ def frame_accuracy(pred, labels, background=0):
 
 
 def windows(T, size=32, stride=16):
-    """Start seconds of windows of `size` seconds every `stride` seconds covering [0, T); the last window is
-    moved back to end at T (so windows may overlap more at the end). T <= size -> [0]."""
+    """Start seconds of the sliding windows over [0, T), as the released COIN / CrossTask evaluation cuts
+    them: starts 0, stride, 2 * stride, ...; window i covers min(size, T - start_i) seconds; the first window
+    that reaches second T is the last one (it may be shorter than `size`; it is never moved back).
+    T <= size -> [0]."""
     if T <= 0 or size <= 0 or stride <= 0:
         raise ValueError(f"evaluate.py windows: need T, size, stride > 0, got {T}, {size}, {stride}")
-    starts = list(range(0, max(T - size, 0) + 1, stride))
-    if starts[-1] + size < T:
-        starts.append(T - size)  # last window aligned to the end
+    starts = [0]
+    while starts[-1] + size < T:
+        starts.append(starts[-1] + stride)
     return starts
 
 
@@ -389,6 +392,17 @@ def dp_align(scores):
     for k in range(K - 1, 0, -1):
         f.append(int(back[k, f[-1]]))
     return f[::-1]
+
+
+def step_log_probs(scores):
+    """(T, K) raw frame x step scores (already averaged over windows) -> log-softmax over the K steps, as the
+    released CrossTask evaluation does before its DP; dp_align maximising these log-probabilities is the
+    toolkit's DP minimising the negative log-probabilities."""
+    s = _to_numpy(scores, "scores").astype(np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"evaluate.py step_log_probs: scores must be (T, K), got {s.shape}")
+    s = s - s.max(axis=1, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
 
 
 def localization_recall(records, per_video=False):
@@ -565,10 +579,10 @@ def run_task(task, model, data_dir, split, tok, dataset="youcook2", device="cpu"
             out = []
             for r in recs:
                 emb = step_emb[r["task"]]  # (K, H)
-                # sec. 4.3: frame x step dot products, softmax over the steps of the task
-                scores = frame_outputs(vlm, store[r["video_id"]][:len(r["labels"])],
-                                       lambda h: torch.softmax(h.float() @ emb.T.float(), -1), device, ctx)
-                out.append({"task": r["task"], "scores": scores, "labels": r["labels"]})
+                # sec. 4.3: frame x step dot products; raw scores averaged over windows, then log-softmax
+                raw = frame_outputs(vlm, store[r["video_id"]][:len(r["labels"])],
+                                    lambda h: h.float() @ emb.T.float(), device, ctx)
+                out.append({"task": r["task"], "scores": step_log_probs(raw), "labels": r["labels"]})
             return {"recall": localization_recall(out)}
         if task == "captioning":
             return run_captioning(vlm, data_dir, split, tok, device, ctx, show)
