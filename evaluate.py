@@ -18,6 +18,7 @@ results table of `finetune.py --task all`, and the command line:
   python evaluate.py --task retrieval --ckpt out/finetune/retrieval-youcook2/best.pt --data data/world
   python evaluate.py --task retrieval --zero_shot --ckpt out/pretrain/model --dataset msrvtt
   python evaluate.py --task captioning --ckpt out/finetune/captioning/best.pt --show 5
+  python evaluate.py --probe --ckpt out/pretrain/model          # zero-shot grounding probes
 
 Tests: python -m pytest -q tests/test_metrics.py tests/test_finetune.py
 """
@@ -437,6 +438,19 @@ def localization_recall(records, per_video=False):
     return 100.0 * float(np.mean(recalls))
 
 
+def even_steps_recall(records, per_video=False):
+    """The trivial localization baseline: cut each video into K equal parts and put step k at the middle
+    second of part k, floor((k + 1/2) T / K), scored by localization_recall. records need "task", "labels"."""
+    out = []
+    for r in records:
+        y = _to_numpy(r["labels"], "labels")
+        T, K = y.shape
+        s = np.zeros((T, K))
+        s[np.floor((np.arange(K) + 0.5) * T / K).astype(int), np.arange(K)] = 1.0  # the DP's unique best
+        out.append({"task": r["task"], "scores": s, "labels": y})
+    return localization_recall(out, per_video=per_video)
+
+
 # ----------------------------------------------------------------------------- multiple choice (MSR-VTT MC)
 
 def mc_accuracy(scores, answers):
@@ -669,6 +683,120 @@ def video_collapse(vlm, data_dir, n=32):
             "state_norm": float(h[vm].norm(dim=-1).mean()), "state_spread_in_clip": float(torch.stack(within).mean())}
 
 
+# -----------------------------------------------------------------------------------------------------------
+# grounding probes: does a pre-trained model link words to video before any fine-tuning?
+
+
+def concept_words():
+    """Words that name the built-in world's actions, objects, places and styles and never occur in its text
+    templates ("in" of "put in" is a template word), so predicting one needs what is on screen."""
+    import world
+    lexicon = [d[k] for d in world.DOMAINS.values() for k in ("actions", "objects", "places")] + [world.STYLES]
+    words = {w for group in lexicon for item in group.split(",") for phr in item.split("/") for w in phr.split()}
+    templates = world.INTRO + world.STEP_TALK + world.OFF_TALK + world.FILLER + world.OUTRO + world.CAPTION + \
+        world.SENTENCE
+    return words - {w for t in templates for w in t.replace("{", " {").split() if not w.startswith("{")}
+
+
+@torch.no_grad()
+def _masked_top1(vlm, clips, ids, pos, device, ctx, hide_video=False, batch_size=256):
+    """For each (clip, caption ids, position): mask that text token, full attention over video and text
+    (Eq. 2-4, the pre-training head), and return the log-probabilities (N, V) at that position."""
+    from vlm import TEXT_START
+    c, out = vlm.config, []
+    for sl in _batches(len(ids), batch_size):
+        texts = [list(t) for t in ids[sl]]
+        for t, p in zip(texts, pos[sl]):
+            t[p] = c.mask_token_id
+        b = data.collate_pairs([np.zeros_like(v) if hide_video else v for v in clips[sl]], texts, c.pad_token_id)
+        with ctx:
+            h = vlm(b["video"].to(device), b["video_mask"].to(device), b["text_ids"].to(device),
+                    b["text_mask"].to(device))
+            at = h[torch.arange(len(texts)), TEXT_START + torch.as_tensor(pos[sl]).to(device)]
+            out.append(torch.log_softmax(vlm.mlm_logits(at).float(), -1).cpu())
+    return torch.cat(out)
+
+
+def word_probe(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n=300, seed=0):
+    """Top-1 accuracy of the pre-training head on one masked word per MSR-VTT-like test caption, video visible
+    and video hidden (zeroed features, as MMM's masked video), for concept words and template words; chance is
+    always answering the most frequent target word of the class."""
+    recs, store = data.load_retrieval(data_dir, "msrvtt", "test")
+    recs = recs[:n]
+    clips = [record_clip(store, r) for r in recs]
+    ids = _tokenize(tok, [r["texts"][0] for r in recs])
+    concept = {tok.token_to_id(w) for w in concept_words()} - {None}
+    specials = {vlm.config.cls_token_id, vlm.config.sep_token_id, vlm.config.pad_token_id, vlm.config.mask_token_id}
+    rng, out = np.random.default_rng(seed), {}
+    for kind in ("concept", "template"):
+        rows = []
+        for i, t in enumerate(ids):
+            cand = [p for p, x in enumerate(t) if (x in concept) == (kind == "concept") and x not in specials]
+            if cand:
+                rows.append((i, int(rng.choice(cand))))
+        if not rows:
+            continue
+        sel = [i for i, _ in rows]
+        pos, target = [p for _, p in rows], torch.tensor([ids[i][p] for i, p in rows])
+        for view in ("video", "no_video"):
+            lp = _masked_top1(vlm, [clips[i] for i in sel], [ids[i] for i in sel], pos, device, ctx,
+                              hide_video=view == "no_video")
+            out[f"{kind}_top1_{view}"] = 100.0 * float((lp.argmax(-1) == target).float().mean())
+        out[f"{kind}_chance"] = 100.0 * Counter(target.tolist()).most_common(1)[0][1] / len(target)
+        out[f"{kind}_n"] = len(target)
+    return out
+
+
+def mc_pseudo_likelihood(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n=200):
+    """Zero-shot multiple choice with the pre-training head: each answer scored by its pseudo-log-likelihood
+    given the video, sum over its tokens of log p(token | video, the other tokens) with that token masked."""
+    recs, store = data.load_mc(data_dir)
+    recs = recs[:n]
+    clips, ids, pos, owner = [], [], [], []
+    for q, r in enumerate(recs):
+        clip = record_clip(store, r)
+        for k, t in enumerate(_tokenize(tok, r["candidates"])):
+            clips += [clip] * len(t)
+            ids += [t] * len(t)
+            pos += list(range(len(t)))
+            owner += [q * 5 + k] * len(t)
+    lp = _masked_top1(vlm, clips, ids, pos, device, ctx)
+    token_lp = lp[torch.arange(len(ids)), torch.tensor([t[p] for t, p in zip(ids, pos)])]
+    scores = torch.zeros(len(recs) * 5, dtype=torch.float64).index_add_(0, torch.tensor(owner), token_lp.double())
+    return mc_accuracy(scores.view(-1, 5).numpy(), np.array([r["answer"] for r in recs]))
+
+
+def grounding_probes(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n_words=300, n_mc=200, show=True):
+    """Zero-shot probes of a pre-trained model, each beside its chance level (a few seconds for the small
+    model): masked concept / template words with and without the video, multiple choice by the pre-training
+    head, retrieval R@1 / R@10 and step localization straight from pre-training."""
+    was_training = vlm.training
+    vlm.eval()
+    try:
+        w = word_probe(vlm, data_dir, tok, device, ctx, n=n_words)
+        rows = [(f"{k} words top-1, video visible (video hidden)", w.get(f"{k}_top1_video"),
+                 w.get(f"{k}_top1_no_video"), w.get(f"{k}_chance"), "most frequent word") for k in
+                ("concept", "template") if f"{k}_n" in w]
+        n = min(n_mc, len(data.load_mc(data_dir)[0]))
+        rows.append((f"MC QA by log p(answer | video), {n} questions",
+                     mc_pseudo_likelihood(vlm, data_dir, tok, device, ctx, n=n), None, 20.0, "1 in 5"))
+        for ds in ("msrvtt", "youcook2"):
+            m = run_task("retrieval", vlm, data_dir, "test", tok, dataset=ds, device=device, ctx=ctx)
+            n = len(data.load_retrieval(data_dir, ds, "test")[0])
+            rows.append((f"{ds} retrieval R@1 / R@10", m["R1"], m["R10"], 100.0 / n, f"R@10 {min(100.0, 1000.0 / n):.2f}"))
+        loc = run_task("localization", vlm, data_dir, "test", tok, device=device, ctx=ctx)["recall"]
+        recs = data.load_crosstask(data_dir, "test")[0]
+        rows.append(("localization recall", loc, None, even_steps_recall(recs), "evenly spaced steps"))
+    finally:
+        vlm.train(was_training)
+    if show:
+        print("grounding probes (zero-shot, no fine-tuning):")
+        for name, v, v2, chance, how in rows:
+            extra = "" if v2 is None else f" ({v2:.1f})"
+            print(f"  {name:52s} {v:6.1f}{extra:9s} chance {chance:5.1f} ({how})")
+    return {name: {"value": v, "second": v2, "chance": chance} for name, v, v2, chance, _ in rows}
+
+
 def baselines(data_dir, tok):
     """Chance and trivial baselines on the test splits, computed the same way as the model's numbers."""
     out = {}
@@ -680,11 +808,9 @@ def baselines(data_dir, tok):
     out["qa"] = {"acc": 20.0}
     recs, _, _ = data.load_coin(data_dir, "test")
     labels = [np.asarray(r["labels"]) for r in recs]
-    out["segmentation"] = {"acc": frame_accuracy([np.zeros_like(l) for l in labels], labels)["acc"]}
+    out["segmentation"] = {"acc": frame_accuracy([np.zeros_like(l) for l in labels], labels)["acc"]}  # all background
     recs, _, _ = data.load_crosstask(data_dir, "test")
-    rng = np.random.default_rng(0)  # random frame x step scores through the same alignment
-    out["localization"] = {"recall": localization_recall(
-        [{"task": r["task"], "scores": rng.random(r["labels"].shape), "labels": r["labels"]} for r in recs])}
+    out["localization"] = {"recall": even_steps_recall(recs)}  # evenly spaced steps (i.i.d. noise sits below)
     train, _ = data.load_captioning(data_dir, "train")
     test, _ = data.load_captioning(data_dir, "test")
     words = {}
@@ -696,6 +822,96 @@ def baselines(data_dir, tok):
     return out
 
 
+# -----------------------------------------------------------------------------------------------------------
+# yardsticks computed on the same splits: a linear floor below the transformer, a roof above it
+
+
+def _bag_of_words(tok, texts):
+    """(N, V) word-piece counts of each text (the linear floor's text side)."""
+    ids, _ = data.encode_texts(tok, texts)
+    bow = torch.zeros(len(ids), tok.get_vocab_size())
+    for i, t in enumerate(ids):
+        bow[i].index_add_(0, torch.as_tensor(t, dtype=torch.long), torch.ones(len(t)))
+    return bow
+
+
+def linear_floor(data_dir, tok, task="retrieval", dataset="youcook2", dim=256, steps=400, lr=1e-3, seed=0):
+    """The simplest model that can learn the task: mean-pooled video features and bag-of-words text, one
+    linear map each, cosine similarity / 0.05 and in-batch InfoNCE (text -> video; video -> text for QA) on
+    the task's training split, Adam for `steps` steps of 128 pairs; the retrieval or MC test metric."""
+    g = torch.Generator().manual_seed(seed)
+    dataset = "msrvtt" if task == "qa" else dataset
+    recs, store = data.load_retrieval(data_dir, dataset, "train")
+    vids = torch.stack([torch.as_tensor(record_clip(store, r)).mean(0) for r in recs])  # (N, 512)
+    first = torch.tensor(np.cumsum([0] + [len(r["texts"]) for r in recs[:-1]]))  # (N,) first caption of video
+    count = torch.tensor([len(r["texts"]) for r in recs])
+    bow = _bag_of_words(tok, [t for r in recs for t in r["texts"]])  # (all captions, V)
+    fv, ft = nn_linear(512, dim, g), nn_linear(bow.shape[1], dim, g)
+    opt = torch.optim.Adam(list(fv.parameters()) + list(ft.parameters()), lr=lr)
+    for _ in range(steps):
+        pick = torch.randperm(len(recs), generator=g)[:128]  # 128 videos, one random caption each
+        caps = first[pick] + (torch.rand(len(pick), generator=g) * count[pick]).long()  # one caption each
+        v, t = F.normalize(fv(vids[pick]), dim=-1), F.normalize(ft(bow[caps]), dim=-1)
+        logits = (v @ t.T if task == "qa" else t @ v.T) / 0.05
+        loss = F.cross_entropy(logits, torch.arange(len(pick)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        if task == "qa":
+            recs, store = data.load_mc(data_dir)
+            v = F.normalize(fv(torch.stack([torch.as_tensor(record_clip(store, r)).mean(0) for r in recs])), dim=-1)
+            t = F.normalize(ft(_bag_of_words(tok, [c for r in recs for c in r["candidates"]])), dim=-1)
+            scores = torch.einsum("nh,nkh->nk", v, t.view(len(recs), 5, -1))
+            return {"acc": mc_accuracy(scores.numpy(), np.array([r["answer"] for r in recs]))}
+        recs, store = data.load_retrieval(data_dir, dataset, "test")
+        v = F.normalize(fv(torch.stack([torch.as_tensor(record_clip(store, r)).mean(0) for r in recs])), dim=-1)
+        t = F.normalize(ft(_bag_of_words(tok, [r["texts"][0] for r in recs])), dim=-1)
+        return retrieval_metrics((t @ v.T).numpy())
+
+
+def nn_linear(n_in, n_out, g):
+    """nn.Linear with its weights drawn from generator g (reproducible without touching the global RNG)."""
+    m = torch.nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        m.weight.uniform_(-n_in ** -0.5, n_in ** -0.5, generator=g)
+        m.bias.zero_()
+    return m
+
+
+def caption_roof(data_dir, tok):
+    """An upper yardstick where the MSR-VTT-like world has it: each test video described by its OTHER
+    captions (MSRVTT_data.json holds 20 per video). A query (or an MC answer) is compared by tf-idf cosine of
+    word-piece counts with the sum of the video's captions, leaving out the query's own string (for MC, every
+    candidate's string). -> {"retrieval-msrvtt": retrieval metrics, "qa": {"acc"}}."""
+    d = os.path.join(data_dir, "msrvtt")
+    _, sents = data.read_msrvtt_json(os.path.join(d, "MSRVTT_data.json"))
+    recs, _ = data.load_retrieval(data_dir, "msrvtt", "test")
+    mc, _ = data.load_mc(data_dir)
+    all_caps = [c for r in recs for c in sents.get(r["video_id"], [])]
+    idf = torch.log(len(all_caps) / (1.0 + (_bag_of_words(tok, all_caps) > 0).float().sum(0)))  # (V,)
+
+    def describe(vid, leave_out):
+        caps = [c for c in sents.get(vid, []) if c not in leave_out]
+        if not caps:
+            raise ValueError(f"{d}/MSRVTT_data.json: video {vid!r} has no caption besides the query")
+        return _bag_of_words(tok, caps).sum(0)
+
+    unit = lambda x: F.normalize(x * idf, dim=-1)
+    q = unit(_bag_of_words(tok, [r["texts"][0] for r in recs]))  # (N, V)
+    out = {}
+    # each query is left out of its own video's description; every other video keeps all its captions
+    docs = torch.stack([describe(r["video_id"], set()) for r in recs])
+    own = unit(torch.stack([describe(r["video_id"], {r["texts"][0]}) for r in recs]))
+    sim = q @ unit(docs).T
+    sim[torch.arange(len(recs)), torch.arange(len(recs))] = (q * own).sum(-1)
+    out["retrieval-msrvtt"] = retrieval_metrics(sim.numpy())
+    cand = unit(_bag_of_words(tok, [c for r in mc for c in r["candidates"]])).view(len(mc), 5, -1)
+    desc = unit(torch.stack([describe(r["video_id"], set(r["candidates"])) for r in mc]))
+    out["qa"] = {"acc": mc_accuracy(torch.einsum("nv,nkv->nk", desc, cand).numpy(), np.array([r["answer"] for r in mc]))}
+    return out
+
+
 def results_table(results):
     """The paper's Tables 2-7 layout in Markdown: baselines, zero-shot, from scratch, VLM, and the paper."""
     def f(x, k):
@@ -704,7 +920,9 @@ def results_table(results):
         v = x[k]
         return f"{v:.4f}" if k == "CIDEr" else (f"{v:.1f}" if k == "MedR" else f"{v:.2f}")
 
-    rows = [("chance / trivial baseline", "baselines"), ("zero-shot (pre-trained, no fine-tuning)", "zero_shot"),
+    rows = [("chance / trivial baseline", "baselines"), ("linear floor (mean-pooled features, bag of words)", "floor"),
+            ("roof (each test video described by its other captions)", "roof"),
+            ("zero-shot (pre-trained, no fine-tuning)", "zero_shot"),
             ("from scratch (no pre-training)", "scratch"), ("VLM (pre-trained + fine-tuned)", "pretrained"),
             ("paper, real dataset", "paper")]
     sections = [("Text-video retrieval, MSR-VTT-like (Table 2)", "retrieval-msrvtt", ["R1", "R5", "R10", "MedR"]),
@@ -725,7 +943,7 @@ def results_table(results):
                 x = {"recall": f"{PAPER['localization']['recall']} (zero-shot {PAPER['localization-zero-shot']['recall']})"}
                 lines.append(f"| {label} | {x['recall']} |")
                 continue
-            if x is None and r == "zero_shot":
+            if x is None and r in ("zero_shot", "floor", "roof"):
                 continue
             lines.append(f"| {label} | " + " | ".join(f(x, c) for c in cols) + " |")
         if key == "segmentation":
@@ -748,6 +966,8 @@ def main(argv=None):
     p.add_argument("--task", choices=list(SELECT), help="downstream task")
     p.add_argument("--diagnose", action="store_true", help="print how collapsed a pre-trained model's video "
                    "stream is (video_collapse) and exit")
+    p.add_argument("--probe", action="store_true", help="print the zero-shot grounding probes of a pre-trained "
+                   "model (grounding_probes) and exit")
     p.add_argument("--ckpt", required=True, help="fine-tuned best.pt, or with --zero_shot a pre-trained model")
     p.add_argument("--data", default="data/world", help="data directory")
     p.add_argument("--dataset", default="youcook2", choices=["youcook2", "msrvtt"], help="retrieval data")
@@ -764,8 +984,12 @@ def main(argv=None):
         d = video_collapse(load_trained(a.ckpt).eval(), a.data)
         print(" ".join(f"{k} {v:.3f}" for k, v in d.items()))
         return d
+    if a.probe:
+        model = load_trained(a.ckpt).to(device).eval()
+        tok = vlm_module.load_tokenizer(a.tokenizer) if a.tokenizer else trained_tokenizer(a.ckpt, a.data)
+        return grounding_probes(model, a.data, tok, device, ctx)
     if not a.task:
-        p.error("--task is required (or --diagnose)")
+        p.error("--task is required (or --diagnose, --probe)")
     if a.zero_shot:
         if a.task not in ("retrieval", "localization"):
             raise SystemExit("--zero_shot applies to retrieval and localization (other tasks need a new head or "

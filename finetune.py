@@ -334,6 +334,10 @@ def run_all(cfg, dist_state):
         "retrieval-youcook2": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "youcook2", device, ctx),
         "localization": evaluate.run_task("localization", model, cfg.data, "test", tok, device=device, ctx=ctx)}
     results["baselines"] = evaluate.baselines(cfg.data, tok)
+    results["floor"] = {key: evaluate.linear_floor(cfg.data, tok, task, ds or "youcook2", seed=cfg.seed)
+                        for task, ds, key in [("retrieval", "msrvtt", "retrieval-msrvtt"),
+                                              ("retrieval", "youcook2", "retrieval-youcook2"), ("qa", None, "qa")]}
+    results["roof"] = evaluate.caption_roof(cfg.data, tok)
     results["seconds"] = time.time() - t0
     table = evaluate.results_table(results)
     print(table)

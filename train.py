@@ -74,6 +74,7 @@ class TrainConfig:
     stop_after: int = 0  # save and exit after this many steps, as if interrupted (0 = never); --resume goes on
     seed: int = 0  # random seed (offset by rank for dropout; data order is shared and sharded)
     max_bad_steps: int = 8  # stop after this many non-finite steps in a row
+    probe: bool = True  # print the zero-shot grounding probes at the end (evaluate.grounding_probes)
 
 
 PRESETS = {
@@ -501,6 +502,10 @@ def main(argv=None):
         if step >= total:
             print(f"done: {step} steps, {n_skipped} skipped. checkpoint {ckpt_path}, model {model_dir}")
             print(f"next: python finetune.py --task all --init {model_dir} --data {cfg.data}")
+            if cfg.probe:  # does pre-training link words to video? (README, "Grounding probes")
+                import evaluate
+                raw_model.eval()
+                evaluate.grounding_probes(raw_model, cfg.data, tok, device, ctx)
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
