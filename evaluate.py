@@ -747,9 +747,10 @@ def word_probe(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n=300, seed=
     return out
 
 
-def mc_pseudo_likelihood(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n=200):
+def mc_pseudo_likelihood(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n=200, scores_only=False):
     """Zero-shot multiple choice with the pre-training head: each answer scored by its pseudo-log-likelihood
-    given the video, sum over its tokens of log p(token | video, the other tokens) with that token masked."""
+    given the video, sum over its tokens of log p(token | video, the other tokens) with that token masked.
+    Returns the accuracy, or with scores_only the (n, 5) scores."""
     recs, store = data.load_mc(data_dir)
     recs = recs[:n]
     clips, ids, pos, owner = [], [], [], []
@@ -763,6 +764,8 @@ def mc_pseudo_likelihood(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n=
     lp = _masked_top1(vlm, clips, ids, pos, device, ctx)
     token_lp = lp[torch.arange(len(ids)), torch.tensor([t[p] for t, p in zip(ids, pos)])]
     scores = torch.zeros(len(recs) * 5, dtype=torch.float64).index_add_(0, torch.tensor(owner), token_lp.double())
+    if scores_only:
+        return scores.view(-1, 5).numpy()
     return mc_accuracy(scores.view(-1, 5).numpy(), np.array([r["answer"] for r in recs]))
 
 

@@ -69,6 +69,8 @@ def test_mc_pseudo_likelihood_equals_a_loop(tiny_model, tiny_world):
                 with torch.no_grad():
                     h = model(v, torch.ones(1, v.shape[1], dtype=torch.bool), t, torch.ones_like(t, dtype=torch.bool))
                     scores[q, k] += float(torch.log_softmax(model.mlm_logits(h[0, TEXT_START + p]), -1)[t0[p]])
+    np.testing.assert_allclose(evaluate.mc_pseudo_likelihood(model, tiny_world, tok, n=4, scores_only=True),
+                               scores, rtol=1e-4, atol=1e-4)
     want = evaluate.mc_accuracy(scores, np.array([r["answer"] for r in recs]))
     assert evaluate.mc_pseudo_likelihood(model, tiny_world, tok, n=4) == pytest.approx(want)
 
