@@ -938,6 +938,8 @@ def results_table(results):
     src = dict(results, paper=PAPER)
     lines = ["Measured on the built-in synthetic world, NOT on the real datasets; the paper's rows are the real-data "
              "numbers of Xu et al. 2021, for orientation only.", ""]
+    if results.get("seeds"):
+        lines[-1:] = [f"From scratch and VLM rows: mean +- standard deviation over fine-tuning seeds {results['seeds']}.", ""]
     for title, key, cols in sections:
         lines += [f"### {title}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for label, r in rows:
@@ -948,7 +950,9 @@ def results_table(results):
                 continue
             if x is None and r in ("zero_shot", "floor", "roof"):
                 continue
-            lines.append(f"| {label} | " + " | ".join(f(x, c) for c in cols) + " |")
+            sd = src.get(r + "_std", {}).get(key)
+            cells = [f(x, c) + (f" +- {f(sd, c)}" if sd and sd.get(c) is not None else "") for c in cols]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         if key == "segmentation":
             extra = [(lab, src.get(r, {}).get(key)) for lab, r in rows if r in ("scratch", "pretrained")]
             lines += ["", "Without background frames: " + ", ".join(

@@ -44,6 +44,7 @@ class FinetuneConfig:
     dataset: str = "youcook2"  # retrieval data: youcook2 | msrvtt (qa always uses msrvtt)
     init: str = "out/pretrain/model"  # pre-trained model (directory or ckpt.pt)
     scratch: bool = False  # ignore the pre-trained weights: same architecture, random init (the no-pre-training row)
+    scratch_word_init: float = 0.3  # std of the --scratch row's word embeddings: train.py's --word_init, so both rows start alike
     data: str = "data/world"  # data directory
     out: str = "out/finetune"  # output directory; each run writes OUT/<run>/{best.pt, log.jsonl, test.json}
     epochs: int = 0  # passes over the training set (0 = the task's default in EPOCHS)
@@ -56,6 +57,7 @@ class FinetuneConfig:
     compile: bool = False  # torch.compile the model (GPU)
     resume: bool = False  # continue from OUT/<run>/ckpt.pt (written at every epoch end)
     seed: int = 0  # random seed
+    seeds: str = ""  # --task all: comma-separated fine-tuning seeds (e.g. 0,1,2); the table shows mean +- std over them
     synth_size: str = "default"  # size of the built-in world built if --data is missing
 
 
@@ -215,6 +217,9 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
     if cfg.scratch:  # the same architecture, no pre-training
         torch.manual_seed(cfg.seed)
         base = vlm_module.VLM(base.config)
+        with torch.no_grad():  # the init pre-training starts from (train.build_model), not BERT's 0.02
+            base.bert.wte.weight.normal_(0.0, cfg.scratch_word_init)
+            base.bert.wte.weight[base.config.pad_token_id].zero_()
     tok = trained_tokenizer(cfg.init, cfg.data)
     mc = base.config
 
@@ -317,11 +322,19 @@ def run_all(cfg, dist_state):
             ("localization", None), ("captioning", None)]
     results = {"pretrained": {}, "scratch": {}}
     t0 = time.time()
+    seeds = [int(x) for x in cfg.seeds.split(",") if x.strip()] or [cfg.seed]
     for row, scratch in (("pretrained", False), ("scratch", True)):
-        c = dataclasses.replace(cfg, scratch=scratch)
-        for task, ds in jobs:
-            key = f"retrieval-{ds}" if task == "retrieval" else task
-            results[row][key] = run(c, task, dist_state, dataset=ds)
+        runs = {}
+        for seed in seeds:
+            out = os.path.join(cfg.out, f"seed{seed}") if len(seeds) > 1 else cfg.out
+            c = dataclasses.replace(cfg, scratch=scratch, seed=seed, out=out)
+            for task, ds in jobs:
+                key = f"retrieval-{ds}" if task == "retrieval" else task
+                runs.setdefault(key, []).append(run(c, task, dist_state, dataset=ds))
+        if dist_state[1] == 0:
+            results[row], spread = seed_mean(runs)
+            if len(seeds) > 1:
+                results[row + "_std"], results["seeds"] = spread, seeds
     if dist_state[1] != 0:
         return None
     import vlm as vlm_module
@@ -347,6 +360,20 @@ def run_all(cfg, dist_state):
         json.dump(results, f, indent=1)
     print(f"results: {os.path.join(cfg.out, 'results.md')} and results.json ({results['seconds']:.0f}s)")
     return results
+
+
+def seed_mean(runs):
+    """{task: [metrics of each seed]} -> ({task: mean metrics}, {task: standard deviation over seeds})."""
+    mean, std = {}, {}
+    for key, ms in runs.items():
+        ms = [m for m in ms if m]  # None: a run stopped early (--resume goes on)
+        if not ms:
+            mean[key] = std[key] = None
+            continue
+        ks = [k for k, v in ms[0].items() if isinstance(v, (int, float))]
+        mean[key] = {k: float(np.mean([m[k] for m in ms])) for k in ks} | {k: v for k, v in ms[0].items() if k not in ks}
+        std[key] = {k: float(np.std([m[k] for m in ms], ddof=1)) if len(ms) > 1 else 0.0 for k in ks}
+    return mean, std
 
 
 def main(argv=None):
