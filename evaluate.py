@@ -552,6 +552,8 @@ def run_task(task, model, data_dir, split, tok, dataset="youcook2", device="cpu"
             texts = [r["texts"][0] for r in recs]
             v = encode_videos(vlm, [record_clip(store, r) for r in recs], device, ctx)
             t = encode_text_ids(vlm, _tokenize(tok, texts), device, ctx)
+            if getattr(model, "cosine", False):
+                t, v = F.normalize(t, dim=-1), F.normalize(v, dim=-1)
             sim = t @ v.T  # (N_text, N_video): one similarity matrix from separate passes
             # qa is selected on video -> text retrieval (the multiple-choice set has no validation split)
             m = retrieval_metrics(sim.T if task == "qa" else sim)
@@ -567,6 +569,8 @@ def run_task(task, model, data_dir, split, tok, dataset="youcook2", device="cpu"
             v = encode_videos(vlm, [record_clip(store, r) for r in recs], device, ctx)
             cands = [c for r in recs for c in r["candidates"]]
             t = encode_text_ids(vlm, _tokenize(tok, cands), device, ctx).view(len(recs), 5, -1)
+            if getattr(model, "cosine", False):
+                t, v = F.normalize(t, dim=-1), F.normalize(v, dim=-1)
             scores = torch.einsum("nh,nkh->nk", v, t).numpy()  # (N, 5)
             answers = np.array([r["answer"] for r in recs])
             for i in range(min(show, len(recs))):
@@ -659,6 +663,7 @@ def load_finetuned(path, device="cpu", task=None):
     if task and ck["task"] != task:
         raise SystemExit(f"{path}: a {ck['task']} checkpoint, but --task is {task}")
     model = TaskModel(vlm_module.VLM(vlm_module.VLMConfig(**ck["model_config"])), ck["num_classes"])
+    model.cosine = ck.get("temperature", 0.0) > 0  # trained on cosine logits: rank by cosine too
     model.vlm.load_state_dict(ck["model"])
     if model.head is not None:
         model.head.load_state_dict(ck["head"])

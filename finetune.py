@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import data
 import evaluate
@@ -50,6 +51,7 @@ class FinetuneConfig:
     epochs: int = 0  # passes over the training set (0 = the task's default in EPOCHS)
     batch_size: int = 32  # examples per batch per process (clips, windows or captions)
     lr: float = 2e-4  # peak learning rate (paper: 5e-5 for bert-base)
+    temperature: float = 0.0  # retrieval / QA: 0 = raw dot products (the paper's, the released code's); t > 0 = cosine / t
     warmup: int = 122  # warm-up steps (sec. 5.2), capped at a tenth of all steps for short runs
     beta2: float = 0.98  # Adam beta2
     grad_clip: float = 2.0  # gradient norm clip
@@ -157,16 +159,22 @@ def make_batch(task, exs, rng, c, extra):
     raise ValueError(task)
 
 
-def task_loss(task):
-    """loss_fn(task_model, batch) -> (loss, stats) for the task (SPEC §2, fine-tuning losses)."""
-    def retrieval(tm, b):
+def task_loss(task, temperature=0.0):
+    """loss_fn(task_model, batch) -> (loss, stats) for the task (SPEC §2, fine-tuning losses). temperature > 0:
+    retrieval / QA logits are cosine similarities / temperature instead of the paper's raw dot products."""
+    def pair(tm, b):
         t = tm.vlm.encode_text(b["text_ids"], b["text_mask"])  # (B, H)
         v = tm.vlm.encode_video(b["video"], b["video_mask"])  # (B, H)
+        if temperature > 0:
+            t, v = F.normalize(t.float(), dim=-1) / temperature, F.normalize(v.float(), dim=-1)
+        return t, v
+
+    def retrieval(tm, b):
+        t, v = pair(tm, b)
         return contrastive_loss(t, v), {}  # text -> video
 
     def qa(tm, b):
-        t = tm.vlm.encode_text(b["text_ids"], b["text_mask"])
-        v = tm.vlm.encode_video(b["video"], b["video_mask"])
+        t, v = pair(tm, b)
         return contrastive_loss(v, t), {}  # video -> text: rank the answers for a video
 
     def segmentation(tm, b):
@@ -241,12 +249,13 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
         print(f"{name}: {trunc} training texts were longer than the text budget and were truncated")
 
     model = TaskModel(base, num_classes).to(device)
+    model.cosine = cfg.temperature > 0  # evaluate.run_task ranks by cosine similarity then
     optimizer = make_optimizer(model, cfg.lr, cfg.beta2, device)
     per_epoch = len(batch_order(len(train_ex), cfg.batch_size, 0, cfg.seed, rank, world))
     epochs = cfg.epochs or EPOCHS[task]
     total = per_epoch * epochs
     warmup = min(cfg.warmup, max(1, total // 10))
-    objective = Objective(model, task_loss(task))
+    objective = Objective(model, task_loss(task, cfg.temperature))
     if cfg.compile:
         objective = torch.compile(objective)
     if ddp:
@@ -265,7 +274,7 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
     def model_state():
         return {"task": task, "dataset": dataset, "model_config": dataclasses.asdict(mc),
                 "model": model.vlm.state_dict(), "head": model.head.state_dict() if model.head else None,
-                "num_classes": num_classes, "tokenizer": tok.to_str()}
+                "num_classes": num_classes, "tokenizer": tok.to_str(), "temperature": cfg.temperature}
 
     t0 = time.time()
     for epoch in range(start_epoch, epochs):

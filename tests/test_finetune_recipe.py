@@ -49,3 +49,52 @@ def test_seed_mean_and_the_table_show_mean_and_spread():
     table = evaluate.results_table({"scratch": mean, "scratch_std": std, "seeds": [0, 1, 2]})
     assert "| from scratch (no pre-training) | 34.00 +- 4.00 |" in table
     assert "seeds [0, 1, 2]" in table
+
+
+class _Fixed(torch.nn.Module):
+    """A task model whose text and video vectors are given tensors."""
+    def __init__(self, t, v):
+        super().__init__()
+        self.vlm = self
+        self.t, self.v = t, v
+
+    def encode_text(self, ids, mask):
+        return self.t
+
+    def encode_video(self, video, mask):
+        return self.v
+
+
+def test_temperature_flag_gives_cosine_logits_and_zero_keeps_the_papers_dot_products():
+    t = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    v = torch.tensor([[1.0, 1.0], [0.0, 2.0]])
+    b = {"text_ids": None, "text_mask": None, "video": None, "video_mask": None}
+    raw = finetune.task_loss("retrieval", 0.0)(_Fixed(t, v), b)[0]
+    assert raw.item() == pytest.approx(torch.nn.functional.cross_entropy(t @ v.T, torch.arange(2)).item())
+    # cosines by hand: text 0 = (1, 0), text 1 = (0, 1); video 0 = (1, 1)/sqrt 2, video 1 = (0, 1)
+    cos = torch.tensor([[2 ** -0.5, 0.0], [2 ** -0.5, 1.0]])
+    want = torch.nn.functional.cross_entropy(cos / 0.05, torch.arange(2))
+    assert finetune.task_loss("retrieval", 0.05)(_Fixed(t, v), b)[0].item() == pytest.approx(want.item(), rel=1e-5)
+    want_qa = torch.nn.functional.cross_entropy(cos.T / 0.05, torch.arange(2))  # video -> text
+    assert finetune.task_loss("qa", 0.05)(_Fixed(t, v), b)[0].item() == pytest.approx(want_qa.item(), rel=1e-5)
+
+
+def test_a_cosine_trained_model_is_ranked_by_cosine(tiny_world):
+    import data
+    torch.manual_seed(0)
+    tok = vlm_module.load_tokenizer(tiny_world)
+    ids = {f"{k}_token_id": v for k, v in vlm_module.special_ids(tok).items()}
+    model = finetune.TaskModel(vlm_module.VLM(vlm_module.VLMConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, **ids))).eval()
+    model.cosine = True
+    recs, store = data.load_retrieval(tiny_world, "msrvtt", "test")
+    with torch.no_grad():
+        v = torch.cat([model.vlm.encode_video(torch.as_tensor(evaluate.record_clip(store, r))[None],
+                                              torch.ones(1, len(evaluate.record_clip(store, r)), dtype=torch.bool))
+                       for r in recs])
+        tt = [torch.tensor([tok.encode(r["texts"][0], add_special_tokens=False).ids]) for r in recs]
+        t = torch.cat([model.vlm.encode_text(x, torch.ones_like(x, dtype=torch.bool)) for x in tt])
+    cos = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(v, dim=-1).T
+    got = evaluate.run_task("retrieval", model, tiny_world, "test", tok, dataset="msrvtt")
+    assert got == pytest.approx(evaluate.retrieval_metrics(cos.numpy()))
