@@ -774,7 +774,7 @@ def mc_pseudo_likelihood(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n=
     return mc_accuracy(scores.view(-1, 5).numpy(), np.array([r["answer"] for r in recs]))
 
 
-def grounding_probes(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n_words=300, n_mc=200, show=True):
+def grounding_probes(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n_words=300, n_mc=100, show=True):
     """Zero-shot probes of a pre-trained model, each beside its chance level (a few seconds for the small
     model): masked concept / template words with and without the video, multiple choice by the pre-training
     head, retrieval R@1 / R@10 and step localization straight from pre-training."""
@@ -791,7 +791,8 @@ def grounding_probes(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n_word
         for ds in ("msrvtt", "youcook2"):
             m = run_task("retrieval", vlm, data_dir, "test", tok, dataset=ds, device=device, ctx=ctx)
             n = len(data.load_retrieval(data_dir, ds, "test")[0])
-            rows.append((f"{ds} retrieval R@1 / R@10", m["R1"], m["R10"], 100.0 / n, f"R@10 {min(100.0, 1000.0 / n):.2f}"))
+            rows.append((f"{ds} retrieval R@1 / R@10", m["R1"], m["R10"], 100.0 / n,
+                         f"R@10 {min(100.0, 1000.0 / n):.2f}"))
         loc = run_task("localization", vlm, data_dir, "test", tok, device=device, ctx=ctx)["recall"]
         recs = data.load_crosstask(data_dir, "test")[0]
         rows.append(("localization recall", loc, None, even_steps_recall(recs), "evenly spaced steps"))
@@ -916,7 +917,8 @@ def caption_roof(data_dir, tok):
     out["retrieval-msrvtt"] = retrieval_metrics(sim.numpy())
     cand = unit(_bag_of_words(tok, [c for r in mc for c in r["candidates"]])).view(len(mc), 5, -1)
     desc = unit(torch.stack([describe(r["video_id"], set(r["candidates"])) for r in mc]))
-    out["qa"] = {"acc": mc_accuracy(torch.einsum("nv,nkv->nk", desc, cand).numpy(), np.array([r["answer"] for r in mc]))}
+    scores = torch.einsum("nv,nkv->nk", desc, cand).numpy()  # (N, 5)
+    out["qa"] = {"acc": mc_accuracy(scores, np.array([r["answer"] for r in mc]))}
     return out
 
 
@@ -944,7 +946,8 @@ def results_table(results):
     lines = ["Measured on the built-in synthetic world, NOT on the real datasets; the paper's rows are the real-data "
              "numbers of Xu et al. 2021, for orientation only.", ""]
     if results.get("seeds"):
-        lines[-1:] = [f"From scratch and VLM rows: mean +- standard deviation over fine-tuning seeds {results['seeds']}.", ""]
+        lines[-1:] = [f"From scratch and VLM rows: mean +- standard deviation over fine-tuning seeds "
+                      f"{results['seeds']}.", ""]
     for title, key, cols in sections:
         lines += [f"### {title}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for label, r in rows:

@@ -45,13 +45,13 @@ class FinetuneConfig:
     dataset: str = "youcook2"  # retrieval data: youcook2 | msrvtt (qa always uses msrvtt)
     init: str = "out/pretrain/model"  # pre-trained model (directory or ckpt.pt)
     scratch: bool = False  # ignore the pre-trained weights: same architecture, random init (the no-pre-training row)
-    scratch_word_init: float = 0.3  # std of the --scratch row's word embeddings: train.py's --word_init, so both rows start alike
+    scratch_word_init: float = 0.3  # std of the --scratch row's word embeddings (train.py's --word_init: rows start alike)
     data: str = "data/world"  # data directory
     out: str = "out/finetune"  # output directory; each run writes OUT/<run>/{best.pt, log.jsonl, test.json}
     epochs: int = 0  # passes over the training set (0 = the task's default in EPOCHS)
     batch_size: int = 32  # examples per batch per process (clips, windows or captions)
     lr: float = 2e-4  # peak learning rate (paper: 5e-5 for bert-base)
-    temperature: float = 0.0  # retrieval / QA: 0 = raw dot products (the paper's, the released code's); t > 0 = cosine / t
+    temperature: float = 0.0  # retrieval / QA logits: 0 = raw dot products (paper, released code); t > 0 = cosine / t
     warmup: int = 122  # warm-up steps (sec. 5.2), capped at a tenth of all steps for short runs
     beta2: float = 0.98  # Adam beta2
     grad_clip: float = 2.0  # gradient norm clip
@@ -380,7 +380,8 @@ def seed_mean(runs):
             mean[key] = std[key] = None
             continue
         ks = [k for k, v in ms[0].items() if isinstance(v, (int, float))]
-        mean[key] = {k: float(np.mean([m[k] for m in ms])) for k in ks} | {k: v for k, v in ms[0].items() if k not in ks}
+        mean[key] = {k: float(np.mean([m[k] for m in ms])) for k in ks}
+        mean[key].update({k: v for k, v in ms[0].items() if k not in ks})  # non-numbers: the first seed's
         std[key] = {k: float(np.std([m[k] for m in ms], ddof=1)) if len(ms) > 1 else 0.0 for k in ks}
     return mean, std
 

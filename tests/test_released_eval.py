@@ -103,9 +103,10 @@ def test_zero_shot_localization_equals_a_loop_over_released_windows(tiny_world):
     import vlm as vlm_module
     torch.manual_seed(0)
     tok = vlm_module.load_tokenizer(tiny_world)
+    ids = {f"{k}_token_id": v for k, v in vlm_module.special_ids(tok).items()}
     model = vlm_module.VLM(vlm_module.VLMConfig(vocab_size=tok.get_vocab_size(), hidden_size=32,
                                                 num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                                **{f"{k}_token_id": v for k, v in vlm_module.special_ids(tok).items()})).eval()
+                                                **ids)).eval()
     got = evaluate.run_task("localization", model, tiny_world, "test", tok)["recall"]
     recs, tasks, store = data.load_crosstask(tiny_world, "test")
     out = []
