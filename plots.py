@@ -84,21 +84,25 @@ def _shade(v):
     return f"rgb({r},{g},{b})"
 
 
-def heatmap(matrix, rows, cols, path, title="", cell=14, vmax=None):
+def heatmap(matrix, rows, cols, path, title="", cell=14, vmin=None, vmax=None):
     """A matrix (list of rows of floats) as coloured cells; rows / cols label each row / column.
-    The colour scale runs from 0 to vmax (default: the matrix maximum); a colour bar shows it."""
+    The colour scale runs from vmin to vmax (default: the matrix minimum and maximum); a colour bar shows it;
+    hovering a cell shows its value."""
     n, m = len(matrix), len(matrix[0]) if matrix else 0
     if n != len(rows) or m != len(cols) or any(len(r) != m for r in matrix):
         raise ValueError(f"plots.py heatmap: matrix is {n} x {m} but {len(rows)} row and {len(cols)} column labels")
-    vmax = vmax or max(max(r) for r in matrix) or 1.0
+    vmin = min(min(r) for r in matrix) if vmin is None else vmin
+    vmax = max(max(r) for r in matrix) if vmax is None else vmax
+    span = (vmax - vmin) or 1.0
     lw = 8 + 7 * max(len(s) for s in rows + cols)  # room for the longest label
     L, T = lw, 40 + lw
-    W, H = L + m * cell + 90, T + n * cell + 20
-    body = [f"<rect width='{W}' height='{H}' fill='white'/>", _text(W / 2, 22, title, 14, extra="font-weight='bold'")]
+    W, H = max(L + m * cell + 90, 16 + 9 * len(title)), T + n * cell + 20  # wide enough for the title
+    body = [f"<rect width='{W}' height='{H}' fill='white'/>",
+            _text(8, 22, title, 14, anchor="start", extra="font-weight='bold'")]
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
             body.append(f"<rect x='{L + j * cell}' y='{T + i * cell}' width='{cell}' height='{cell}' "
-                        f"fill='{_shade(v / vmax)}'><title>{escape(rows[i])} -> {escape(cols[j])}: {v:.3f}</title></rect>")
+                        f"fill='{_shade((v - vmin) / span)}'><title>{escape(rows[i])} -> {escape(cols[j])}: {v:.3f}</title></rect>")
     for i, s in enumerate(rows):
         body.append(_text(L - 4, T + i * cell + cell * 0.75, s, cell - 4, anchor="end"))
     for j, s in enumerate(cols):  # column labels written upwards above the grid
@@ -108,7 +112,8 @@ def heatmap(matrix, rows, cols, path, title="", cell=14, vmax=None):
     bx, steps = L + m * cell + 20, 50  # colour bar
     for k in range(steps):
         body.append(f"<rect x='{bx}' y='{T + (steps - 1 - k) * 4}' width='14' height='4' fill='{_shade(k / (steps - 1))}'/>")
-    body += [_text(bx + 18, T + 8, f"{vmax:.2f}", 11, anchor="start"), _text(bx + 18, T + steps * 4, "0", 11, anchor="start")]
+    body += [_text(bx + 18, T + 8, f"{vmax:.3g}", 11, anchor="start"),
+             _text(bx + 18, T + steps * 4, f"{vmin:.3g}", 11, anchor="start")]
     _write(path, W, H, body)
 
 

@@ -512,7 +512,7 @@ def figures(a):
     for mask, ckpt in (("full", os.path.join(a.pretrain, "model")),
                        ("caption", cap if os.path.exists(cap) else os.path.join(a.pretrain, "model"))):
         attention(argparse.Namespace(ckpt=ckpt, data=a.data, tokenizer="", video=video, text=row["sentence"],
-                                     mask=mask, layer=1, head=0, out=os.path.join(a.out, f"attention-{mask}.svg")))
+                                     mask=mask, layer=1, head=1, out=os.path.join(a.out, f"attention-{mask}.svg")))
     print(f"wrote the pictures in {a.out}")
 
 
