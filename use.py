@@ -19,8 +19,6 @@ import argparse
 import csv
 import json
 import os
-import sys
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -108,27 +106,36 @@ def video_id(path):
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def load_clips(paths, kind):
-    """Read videos, keep the first 32 s of each (as the evaluation runners do); unreadable files are skipped
-    and named. -> (kept paths, clips)."""
-    kept, clips, bad, longer = [], [], [], 0
-    for p in paths:
-        try:
-            feat = read_video(p, kind)
-        except ValueError as e:
-            bad.append(str(e))
-            continue
-        longer += len(feat) > data.MAX_VIDEO
-        kept.append(p)
-        clips.append(np.array(data.clip_features(feat, None, None)))  # (<= 32, 512), read into memory
+def clip_batches(paths, kind, batch_size, desc="videos"):
+    """Yield (paths, clips) a batch at a time, with a progress bar: each video's first 32 s, as the evaluation
+    runners use them. Unreadable files are skipped and named, longer videos counted, one line each at the end."""
+    from tqdm import tqdm
+    bad, longer, n = [], 0, 0
+    for i in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=None):
+        kept, clips = [], []
+        for p in paths[i:i + batch_size]:
+            try:
+                feat = read_video(p, kind)
+            except ValueError as e:
+                bad.append(str(e))
+                continue
+            longer += len(feat) > data.MAX_VIDEO
+            kept.append(p)
+            clips.append(np.array(data.clip_features(feat, None, None)))  # (<= 32, 512), read into memory
+        n += len(kept)
+        if kept:
+            yield kept, clips
     if bad:
         print(f"{len(bad)} unreadable videos skipped: " + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else ""))
-    if not kept:
+    if not n:
         raise SystemExit(f"no readable videos among {len(paths)} files" + (f" ({bad[0]})" if bad else ""))
     if longer:
-        print(f"{longer} of {len(kept)} videos are longer than {data.MAX_VIDEO} s: their first {data.MAX_VIDEO} s "
+        print(f"{longer} of {n} videos are longer than {data.MAX_VIDEO} s: their first {data.MAX_VIDEO} s "
               "are used (the model reads at most 32 video tokens)")
-    return kept, clips
+
+
+def one_clip(path, kind):
+    return next(clip_batches([path], kind, 1))[1][0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -142,17 +149,21 @@ def setup_device():
 
 
 @torch.no_grad()
-def embed_videos(model, clips, batch_size=64):
-    """(N, H) float32 video embeddings, batched, with a progress bar."""
-    from tqdm import tqdm
+def encode_clips(model, clips):
+    """Clips (k_i, 512) -> (N, H) float32 video embeddings (model.encode_video), one forward pass."""
     device, ctx = setup_device()
-    model.to(device)
-    out = []
-    for i in tqdm(range(0, len(clips), batch_size), desc="videos", unit="batch", disable=None):
-        b = data.collate_pairs(clips[i:i + batch_size], [[0]] * len(clips[i:i + batch_size]))
-        with ctx:
-            out.append(model.encode_video(b["video"].to(device), b["video_mask"].to(device)).float().cpu())
-    return torch.cat(out)
+    b = data.collate_pairs(clips, [[0]] * len(clips))
+    with ctx:
+        return model.to(device).encode_video(b["video"].to(device), b["video_mask"].to(device)).float().cpu()
+
+
+def embed_videos(model, paths, batch_size=64):
+    """Video files -> (the readable ones, their (N, H) embeddings), read and encoded a batch at a time."""
+    kept, out = [], []
+    for ps, clips in clip_batches(paths, video_input(model), batch_size):
+        kept += ps
+        out.append(encode_clips(model, clips))
+    return kept, torch.cat(out)
 
 
 def tokenize(tok, texts, max_len=data.MAX_TEXT):
@@ -223,8 +234,8 @@ def video_embeddings(a, model):
         hit = cached_embeddings(a.emb, a.ckpt, ids)
         if hit is not None:
             return hit
-    kept, clips = load_clips(paths, video_input(model))
-    ids, emb = [video_id(p) for p in kept], embed_videos(model, clips, a.batch_size)
+    kept, emb = embed_videos(model, paths, a.batch_size)
+    ids = [video_id(p) for p in kept]
     if a.emb:
         save_embeddings(a.emb, ids, emb, a.ckpt, a.videos)
     return ids, emb
@@ -300,9 +311,9 @@ def search(a):
 
 def match(a):
     model, tok, _ = load_model(a.ckpt, a.data, a.tokenizer)
-    _, clips = load_clips([a.video], video_input(model))
+    clip = one_clip(a.video, video_input(model))
     texts, _ = read_queries(a.texts)
-    sim = (embed_videos(model, clips) @ embed_texts(model, tok, texts).T)[0]  # (N_text,)
+    sim = (encode_clips(model, [clip]) @ embed_texts(model, tok, texts).T)[0]  # (N_text,)
     top = sim.topk(min(a.topk, len(texts)))
     print(f"video: {video_id(a.video)}")
     for s, j in zip(top.values.tolist(), top.indices.tolist()):
@@ -324,23 +335,22 @@ def embed(a):
 
 @torch.no_grad()
 def caption(a):
-    from tqdm import tqdm
     model, tok, task = load_model(a.ckpt, a.data, a.tokenizer)
     if task != "captioning":
-        print(f"note: {a.ckpt} is {'a ' + task if task else 'not a'} fine-tuned captioning checkpoint; captions "
-              "come from its MLM head and may be poor (fine-tune with finetune.py --task captioning)")
-    kept, clips = load_clips(list_videos(a.videos, video_input(model)), video_input(model))
+        print(f"note: {a.ckpt} is {'a ' + task + ' checkpoint, not' if task else 'not'} a fine-tuned captioning "
+              "checkpoint; its captions come from the MLM head and may be poor (finetune.py --task captioning)")
     device, ctx = setup_device()
     model.to(device)
     out = {}
-    for i in tqdm(range(0, len(clips), a.batch_size), desc="captions", unit="batch", disable=None):
-        b = data.collate_pairs(clips[i:i + a.batch_size], [[0]] * len(clips[i:i + a.batch_size]))
+    for paths, clips in clip_batches(list_videos(a.videos, video_input(model)), video_input(model), a.batch_size,
+                                     desc="captions"):
+        b = data.collate_pairs(clips, [[0]] * len(clips))
         with ctx:
             gen = model.generate(b["video"].to(device), b["video_mask"].to(device), num_beams=a.beams,
                                  max_length=a.max_length)
-        out.update({video_id(p): tok.decode(ids) for p, ids in zip(kept[i:i + a.batch_size], gen)})
-    for k, c in out.items():
-        print(f"{k}: {c}")
+        for p, ids in zip(paths, gen):
+            out[video_id(p)] = tok.decode(ids)
+            print(f"{video_id(p)}: {out[video_id(p)]}")
     return out
 
 
@@ -373,9 +383,8 @@ def attention_maps(model, tok, video, text_ids, mask="full"):
 def attention(a):
     import plots
     model, tok, _ = load_model(a.ckpt, a.data, a.tokenizer)
-    _, clips = load_clips([a.video], video_input(model))
     ids = tokenize(tok, [a.text])[0]
-    probs, labels = attention_maps(model, tok, clips[0], ids, a.mask)
+    probs, labels = attention_maps(model, tok, one_clip(a.video, video_input(model)), ids, a.mask)
     nl, nh = probs.shape[:2]
     if not 1 <= a.layer <= nl or not 0 <= a.head <= nh:
         raise SystemExit(f"--layer {a.layer} --head {a.head}: this model has layers 1..{nl} and heads 1..{nh} "
@@ -520,32 +529,28 @@ def figures(a):
 # command line
 
 
-def parser():
-    p = argparse.ArgumentParser(description="Use a trained model: embeddings and search over video files, captions, "
-                                "plots of logs and attention, export to a Hugging Face BERT directory.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _model_cmd(sub, name, help):
+    s = sub.add_parser(name, help=help, description=help)
+    s.add_argument("--ckpt", required=True, help="model directory (VLM.save), pre-training ckpt.pt or "
+                   "fine-tuned best.pt")
+    s.add_argument("--data", default="data/world", help="data directory whose tokenizer is used when the "
+                   "checkpoint carries none")
+    s.add_argument("--tokenizer", default="", help="tokenizer directory (default: the checkpoint's)")
+    return s
 
-    def model_cmd(name, help):
-        s = sub.add_parser(name, help=help, description=help)
-        s.add_argument("--ckpt", required=True, help="model directory (VLM.save), pre-training ckpt.pt or "
-                       "fine-tuned best.pt")
-        s.add_argument("--data", default="data/world", help="data directory whose tokenizer is used when the "
-                       "checkpoint carries none")
-        s.add_argument("--tokenizer", default="", help="tokenizer directory (default: the checkpoint's)")
-        return s
 
-    def videos_args(s, emb_help):
-        s.add_argument("--videos", required=emb_help == argparse.SUPPRESS, default="",
-                       help="a folder of videos (.npy S3D features (T, 512)) or one file")
-        s.add_argument("--batch_size", type=int, default=64, help="videos per forward pass")
-        s.add_argument("--emb", default="", help=emb_help)
-
-    s = model_cmd("embed", "video embeddings of a folder -> OUT/embeddings.npy + OUT/ids.txt (+ meta.json)")
-    videos_args(s, argparse.SUPPRESS)
+def _retrieval_parsers(sub):
+    """embed, search, match."""
+    s = _model_cmd(sub, "embed", "video embeddings of a folder -> OUT/embeddings.npy + OUT/ids.txt (+ meta.json)")
+    s.add_argument("--videos", required=True, help="a folder of videos (.npy S3D features (T, 512)) or one file")
+    s.add_argument("--batch_size", type=int, default=64, help="videos per forward pass")
     s.add_argument("--out", required=True, help="output folder")
-    s = model_cmd("search", "text queries -> the top-k videos and their scores")
-    videos_args(s, "embedding folder written by `embed`: reused when it was made by --ckpt for these videos, "
-                "else computed and written there")
+    s = _model_cmd(sub, "search", "text queries -> the top-k videos and their scores")
+    s.add_argument("--videos", default="", help="a folder of videos (.npy S3D features (T, 512)); may be left out "
+                   "when --emb holds this checkpoint's embeddings")
+    s.add_argument("--batch_size", type=int, default=64, help="videos per forward pass")
+    s.add_argument("--emb", default="", help="embedding folder written by `embed`: reused when it was made by "
+                   "--ckpt for these videos, else computed and written there")
     s.add_argument("--query", action="append", default=[], help="a query text (repeatable)")
     s.add_argument("--queries", default="", help=".txt (one query a line) or .csv with a sentence/text/query column; "
                    "a video_id column (e.g. MSRVTT_JSFUSION_test.csv) makes search report R@1/5/10 and MedR")
@@ -553,24 +558,31 @@ def parser():
                    "(its split's gallery)")
     s.add_argument("--topk", type=int, default=5, help="videos listed per query")
     s.add_argument("--show", type=int, default=10, help="print the top-k of at most this many queries")
-    s = model_cmd("match", "one video -> the best-matching texts of a list")
+    s = _model_cmd(sub, "match", "one video -> the best-matching texts of a list")
     s.add_argument("--video", required=True, help="video file (.npy S3D features)")
     s.add_argument("--texts", required=True, help=".txt file, one text a line (or a .csv with a sentence/text column)")
     s.add_argument("--topk", type=int, default=5, help="texts listed")
-    s = model_cmd("caption", "beam-search captions (sec. 4.5) for a video file or a folder, one line per video")
+
+
+def parser():
+    p = argparse.ArgumentParser(description="Use a trained model: embeddings and search over video files, captions, "
+                                "plots of logs and attention, export to a Hugging Face BERT directory.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _retrieval_parsers(sub)
+    s = _model_cmd(sub, "caption", "beam-search captions (sec. 4.5) for a video file or a folder, one line per video")
     s.add_argument("--videos", required=True, help="a video file or a folder of them (.npy S3D features)")
     s.add_argument("--beams", type=int, default=5, help="beam width (1 = greedy)")
     s.add_argument("--max_length", type=int, default=24, help="positions incl. the 3 prompt tokens (at most 21 "
                    "generated)")
     s.add_argument("--batch_size", type=int, default=32, help="videos decoded together")
-    s = model_cmd("attention", "attention map of one layer (one head or the mean) for a video + text, as SVG")
+    s = _model_cmd(sub, "attention", "attention map of one layer (one head or the mean) for a video + text, as SVG")
     s.add_argument("--video", required=True, help="video file (.npy S3D features; its first 32 s)")
     s.add_argument("--text", required=True, help="the text placed after the video (Eq. 2)")
     s.add_argument("--mask", default="full", choices=["full", "isolated", "caption"], help="Fig. 3 attention mask")
     s.add_argument("--layer", type=int, default=1, help="layer, 1-based as in the paper's Fig. 4")
     s.add_argument("--head", type=int, default=0, help="head, 1-based; 0 = the mean over heads")
     s.add_argument("--out", default="attention.svg", help="output .svg")
-    s = model_cmd("export-hf", "the BERT part as a Hugging Face directory (transformers.BertModel.from_pretrained)")
+    s = _model_cmd(sub, "export-hf", "the BERT part as a Hugging Face directory (transformers.BertModel)")
     s.add_argument("--out", required=True, help="output folder")
     s = sub.add_parser("plot-log", help="loss and validation curves of log.jsonl files as SVG",
                        description="loss and validation curves of train.py / finetune.py log.jsonl files as SVG")
