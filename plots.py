@@ -37,13 +37,13 @@ def _text(x, y, s, size=12, anchor="middle", extra=""):
 
 
 def _panel(p, x0, y0, w, h):
-    """One chart: p = {"title", "xlabel", "ylabel", "series": [(name, xs, ys), ...]} in a w x h box at (x0, y0)."""
+    """One chart: p = {"title", "xlabel", "ylabel", "series": [(name, xs, ys), ...]} in a w-wide box at (x0, y0)."""
     pts = [(x, y) for _, xs, ys in p["series"] for x, y in zip(xs, ys)]
     if not pts:
         raise ValueError(f"plots.py: panel {p['title']!r} has no points")
     xt = nice_ticks(min(x for x, _ in pts), max(x for x, _ in pts))
     yt = nice_ticks(min(y for _, y in pts), max(y for _, y in pts))
-    L, R, T, B = x0 + 70, x0 + w - 15, y0 + 35, y0 + h - 55  # plotting area
+    L, R, T, B = x0 + 70, x0 + w - 15, y0 + 35, y0 + 305  # plotting area
     sx = lambda x: L + (x - xt[0]) / (xt[-1] - xt[0]) * (R - L)
     sy = lambda y: B - (y - yt[0]) / (yt[-1] - yt[0]) * (B - T)
     out = [f"<rect x='{L}' y='{T}' width='{R - L}' height='{B - T}' fill='white' stroke='#333'/>",
@@ -62,15 +62,15 @@ def _panel(p, x0, y0, w, h):
         out.append(f"<polyline points='{path}' fill='none' stroke='{c}' stroke-width='2'/>")
         if len(xs) <= 30:  # few points (validation): mark each one
             out += [f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='3' fill='{c}'/>" for x, y in zip(xs, ys)]
-        ly = T + 16 + 17 * i  # legend, top right inside the box
-        out += [f"<line x1='{R - 150}' y1='{ly - 4}' x2='{R - 130}' y2='{ly - 4}' stroke='{c}' stroke-width='3'/>",
-                _text(R - 125, ly, name, 11, anchor="start")]
+        ly = B + 62 + 16 * i  # legend below the x axis label, clear of the curves
+        out += [f"<line x1='{L}' y1='{ly - 4}' x2='{L + 20}' y2='{ly - 4}' stroke='{c}' stroke-width='3'/>",
+                _text(L + 26, ly, name, 11, anchor="start")]
     return out
 
 
-def line_chart(panels, path, width=520, height=360):
-    """Panels side by side, each with its own axes; writes one SVG file."""
-    W = width * len(panels)
+def line_chart(panels, path, width=520):
+    """Panels side by side, each with its own axes and its legend below; writes one SVG file."""
+    W, height = width * len(panels), 375 + 16 * max(len(p["series"]) for p in panels)
     body = [f"<rect width='{W}' height='{height}' fill='white'/>"]
     for i, p in enumerate(panels):
         body += _panel(p, i * width, 0, width, height)

@@ -350,7 +350,7 @@ def caption(a):
                                  max_length=a.max_length)
         for p, ids in zip(paths, gen):
             out[video_id(p)] = tok.decode(ids)
-            print(f"{video_id(p)}: {out[video_id(p)]}")
+            print(f"{video_id(p)}: {out[video_id(p)] or '(empty: the model ended the caption at once)'}")
     return out
 
 
@@ -507,13 +507,14 @@ def export_hf(a):
 
 
 def figures(a):
-    """docs/loss.svg (pre-training), docs/finetune.svg (fine-tuning validation), docs/attention-*.svg (Fig. 4)
-    for the first MSR-VTT-like test video and its caption."""
+    """docs/loss.svg (pre-training), docs/finetune.svg (retrieval fine-tuning), docs/attention-full.svg and
+    attention-caption.svg (Fig. 4: layer 1, head 1) for the first MSR-VTT-like test video and its caption."""
     import plots
     os.makedirs(a.out, exist_ok=True)
     plots.line_chart(log_panels([os.path.join(a.pretrain, "log.jsonl")]), os.path.join(a.out, "loss.svg"))
-    logs = [os.path.join(a.finetune, n, "log.jsonl") for n in ("retrieval-msrvtt", "captioning")]
-    if all(os.path.exists(p) for p in logs):
+    logs = [os.path.join(a.finetune, n, "log.jsonl") for n in ("retrieval-msrvtt", "retrieval-msrvtt-scratch")]
+    logs = [p for p in logs if os.path.exists(p)]
+    if logs:  # MSR-VTT-like retrieval fine-tuning, from the pre-trained model and (if run) from scratch
         plots.line_chart(log_panels(logs), os.path.join(a.out, "finetune.svg"))
     row = next(csv.DictReader(open(os.path.join(a.data, "msrvtt", "MSRVTT_JSFUSION_test.csv"))))
     video = os.path.join(a.data, "msrvtt", "feats", row["video_id"] + ".npy")
