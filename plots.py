@@ -3,7 +3,8 @@
     line_chart(panels, path)                       curves from log.jsonl (use.py plot-log)
     heatmap(matrix, rows, cols, path, title=...)   one attention map (use.py attention, the paper's Fig. 4)
 
-The SVG opens in any browser. Only the standard library; nothing here knows about the model.
+The SVG opens in any browser. Only the standard library; nothing here knows about the model. Used by use.py
+(plot-log, attention, figures). Tests: python -m pytest -q tests/test_use.py
 """
 import math
 from html import escape

@@ -68,7 +68,8 @@ def video_input(model):
 
 
 def read_video(path, kind):
-    """One video file -> what model.encode_video reads, keyed by file type. Features: float32 (T, 512)."""
+    """One video file -> what model.encode_video reads, keyed by file type. Features: float32 (T, 512).
+    A raw-frames model (video_input "frames") gets its .mp4 / frames reader here."""
     ext = os.path.splitext(path)[1].lower()
     if kind == "features" and ext in FEATURE_EXTS:
         try:

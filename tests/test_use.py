@@ -303,3 +303,20 @@ def test_bad_input_gets_one_clear_line(tiny_world, model_dir, tmp_path, capsys):
     (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 2}\n{oops\n')
     with pytest.raises(SystemExit, match=r"log.jsonl:2: not JSON"):
         use.main(["plot-log", str(tmp_path / "log.jsonl"), "--out", str(tmp_path / "l.svg")])
+
+
+def test_every_checkpoint_kind_loads_to_the_same_model(tiny_world, model_dir, tmp_path, capsys):
+    """A model directory, a pre-training ckpt.pt (its tokenizer in model/ beside it) and a fine-tuned best.pt."""
+    m, tok = vlm.VLM.load(model_dir), vlm.load_tokenizer(model_dir)
+    run_dir = tmp_path / "run"
+    shutil.copytree(model_dir, run_dir / "model")
+    torch.save({"model_config": dataclasses.asdict(m.config), "model": m.state_dict(), "step": 2}, run_dir / "ckpt.pt")
+    torch.save({"task": "retrieval", "dataset": "msrvtt", "model_config": dataclasses.asdict(m.config),
+                "model": m.state_dict(), "head": None, "num_classes": 0, "tokenizer": tok.to_str()}, tmp_path / "best.pt")
+    feats = os.path.join(tiny_world, "msrvtt", "feats")
+    tops = [run(capsys, "search", "--ckpt", c, "--videos", feats, "--query", "stir the soup")[0]["top"]
+            for c in (model_dir, str(run_dir / "ckpt.pt"), str(tmp_path / "best.pt"))]
+    assert tops[0] == tops[1] == tops[2]
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(SystemExit, match="junk.pt: not a checkpoint of this project"):
+        use.main(["search", "--ckpt", str(tmp_path / "junk.pt"), "--videos", feats, "--query", "x"])
