@@ -102,8 +102,9 @@ def heatmap(matrix, rows, cols, path, title="", cell=14, vmin=None, vmax=None):
             _text(8, 22, title, 14, anchor="start", extra="font-weight='bold'")]
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
+            tip = f"{escape(rows[i])} -> {escape(cols[j])}: {v:.3f}"  # shown on hover
             body.append(f"<rect x='{L + j * cell}' y='{T + i * cell}' width='{cell}' height='{cell}' "
-                        f"fill='{_shade((v - vmin) / span)}'><title>{escape(rows[i])} -> {escape(cols[j])}: {v:.3f}</title></rect>")
+                        f"fill='{_shade((v - vmin) / span)}'><title>{tip}</title></rect>")
     for i, s in enumerate(rows):
         body.append(_text(L - 4, T + i * cell + cell * 0.75, s, cell - 4, anchor="end"))
     for j, s in enumerate(cols):  # column labels written upwards above the grid
@@ -112,7 +113,8 @@ def heatmap(matrix, rows, cols, path, title="", cell=14, vmin=None, vmax=None):
     body.append(f"<rect x='{L}' y='{T}' width='{m * cell}' height='{n * cell}' fill='none' stroke='#333'/>")
     bx, steps = L + m * cell + 20, 50  # colour bar
     for k in range(steps):
-        body.append(f"<rect x='{bx}' y='{T + (steps - 1 - k) * 4}' width='14' height='4' fill='{_shade(k / (steps - 1))}'/>")
+        body.append(f"<rect x='{bx}' y='{T + (steps - 1 - k) * 4}' width='14' height='4' "
+                    f"fill='{_shade(k / (steps - 1))}'/>")
     body += [_text(bx + 18, T + 8, f"{vmax:.3g}", 11, anchor="start"),
              _text(bx + 18, T + steps * 4, f"{vmin:.3g}", 11, anchor="start")]
     _write(path, W, H, body)

@@ -78,7 +78,8 @@ def read_video(path, kind):
             raise ValueError(f"{path}: unreadable .npy ({type(e).__name__}: {e})") from None
         return data._check_feat(a, path)
     if kind == "features" and ext in FRAME_EXTS:
-        raise SystemExit(f"{path}: this checkpoint is a features model (S3D .npy, (T, 512)); {ext} needs a frames model")
+        raise SystemExit(f"{path}: this checkpoint is a features model (S3D .npy, (T, 512)); "
+                         f"{ext} needs a frames model")
     if kind == "frames":
         raise SystemExit(f"{path}: reading {ext} for a frames model is not implemented in use.py yet")
     raise SystemExit(f"{path}: not a video file this model reads (expected {', '.join(FEATURE_EXTS)})")
@@ -186,14 +187,15 @@ def embed_texts(model, tok, texts):
     return encode_text_ids(model.to(device), tokenize(tok, texts), device, ctx)
 
 
-def save_embeddings(out, ids, emb, ckpt, videos):
+def save_embeddings(out, ids, emb, ckpt, videos, skipped=()):
+    """OUT/embeddings.npy (N, H), OUT/ids.txt (one id a line) and OUT/meta.json (which checkpoint and videos)."""
     os.makedirs(out, exist_ok=True)
     np.save(os.path.join(out, "embeddings.npy"), emb.numpy())
     with open(os.path.join(out, "ids.txt"), "w") as f:
         f.write("".join(i + "\n" for i in ids))
     with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump({"ckpt": ckpt_stamp(ckpt)[0], "ckpt_mtime": ckpt_stamp(ckpt)[1],
-                   "videos": os.path.abspath(videos) if videos else None, "count": len(ids), "dim": emb.shape[1]}, f, indent=1)
+        json.dump({"ckpt": ckpt_stamp(ckpt)[0], "ckpt_mtime": ckpt_stamp(ckpt)[1], "videos": os.path.abspath(videos),
+                   "count": len(ids), "dim": emb.shape[1], "skipped": sorted(skipped)}, f, indent=1)
     print(f"wrote {len(ids)} embeddings ({emb.shape[1]}-d) to {out}/embeddings.npy and {out}/ids.txt")
 
 
@@ -215,7 +217,7 @@ def cached_embeddings(out, ckpt, ids):
     if (meta["ckpt"], meta["ckpt_mtime"]) != ckpt_stamp(ckpt):
         print(f"{out}: made by another checkpoint ({meta['ckpt']}); computing again")
         return None
-    if ids is not None and saved != ids:
+    if ids is not None and sorted(saved + meta.get("skipped", [])) != sorted(ids):  # unreadable files: skipped again
         print(f"{out}: made for other videos ({len(saved)} saved, {len(ids)} now); computing again")
         return None
     print(f"reusing {len(saved)} video embeddings from {out}")
@@ -236,9 +238,10 @@ def video_embeddings(a, model):
         if hit is not None:
             return hit
     kept, emb = embed_videos(model, paths, a.batch_size)
+    a.skipped = sorted(set(ids) - {video_id(p) for p in kept})
     ids = [video_id(p) for p in kept]
     if a.emb:
-        save_embeddings(a.emb, ids, emb, a.ckpt, a.videos)
+        save_embeddings(a.emb, ids, emb, a.ckpt, a.videos, a.skipped)
     return ids, emb
 
 
@@ -246,11 +249,11 @@ def video_embeddings(a, model):
 # search (text -> videos) and match (video -> texts)
 
 
-def read_queries(path):
+def read_queries(path, flag="--queries"):
     """A .txt file (one text a line) or a .csv with a `sentence` / `text` / `query` column and optionally a
     `video_id` column (the right answer, as in MSR-VTT's test csv). -> (texts, video ids or None)."""
     if not os.path.exists(path):
-        raise SystemExit(f"--queries {path}: no such file")
+        raise SystemExit(f"{flag} {path}: no such file")
     if not path.lower().endswith(".csv"):
         lines = [s.strip() for s in open(path, encoding="utf-8")]
         texts = [s for s in lines if s]
@@ -260,7 +263,8 @@ def read_queries(path):
     rows = list(csv.DictReader(open(path, encoding="utf-8", newline="")))
     col = next((c for c in ("sentence", "text", "query") if rows and c in rows[0]), None)
     if col is None:
-        raise SystemExit(f"{path}: needs a 'sentence', 'text' or 'query' column (header: {list(rows[0]) if rows else []})")
+        raise SystemExit(f"{path}: needs a 'sentence', 'text' or 'query' column "
+                         f"(header: {list(rows[0]) if rows else []})")
     for i, r in enumerate(rows):
         if not (r[col] or "").strip():
             raise SystemExit(f"{path}: row {i + 2} has an empty {col!r}")
@@ -313,7 +317,7 @@ def search(a):
 def match(a):
     model, tok, _ = load_model(a.ckpt, a.data, a.tokenizer)
     clip = one_clip(a.video, video_input(model))
-    texts, _ = read_queries(a.texts)
+    texts, _ = read_queries(a.texts, "--texts")
     sim = (encode_clips(model, [clip]) @ embed_texts(model, tok, texts).T)[0]  # (N_text,)
     top = sim.topk(min(a.topk, len(texts)))
     print(f"video: {video_id(a.video)}")
@@ -326,7 +330,7 @@ def embed(a):
     model, _, _ = load_model(a.ckpt, a.data, a.tokenizer)
     a.emb = ""
     ids, v = video_embeddings(a, model)
-    save_embeddings(a.out, ids, v, a.ckpt, a.videos)
+    save_embeddings(a.out, ids, v, a.ckpt, a.videos, a.skipped)
     return ids, v
 
 

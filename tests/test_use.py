@@ -88,7 +88,8 @@ def test_explicit_attention_equals_sdpa_under_each_mask(kind):
 
 def test_explicit_attention_with_a_cache_equals_sdpa():
     g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(2, 3, 1, 8, generator=g), torch.randn(2, 3, 9, 8, generator=g), torch.randn(2, 3, 9, 8, generator=g)
+    q = torch.randn(2, 3, 1, 8, generator=g)  # one new position against 9 cached keys, as in decoding
+    k, v = torch.randn(2, 3, 9, 8, generator=g), torch.randn(2, 3, 9, 8, generator=g)
     keys = torch.rand(2, 1, 1, 9, generator=g) > 0.3
     keys[..., 0] = True
     y, p = vlm.explicit_attention(q, k, v, keys)
@@ -292,6 +293,10 @@ def test_bad_input_gets_one_clear_line(tiny_world, model_dir, tmp_path, capsys):
     (empty / "clip.mp4").unlink()
     (ids, _), out = run(capsys, "embed", "--ckpt", model_dir, "--videos", str(empty), "--out", str(tmp_path / "e"))
     assert ids == ["good"] and "1 unreadable videos skipped: " in out and "1 files that are not .npy" in out
+    for reused in (False, True):  # the unreadable file does not stop the saved embeddings being reused
+        _, out = run(capsys, "search", "--ckpt", model_dir, "--videos", str(empty), "--emb", str(tmp_path / "e2"),
+                     "--query", "x")
+        assert ("reusing 1 video embeddings" in out) == reused
     long = " ".join(["onion"] * 70)
     got, out = run(capsys, "search", "--ckpt", model_dir, "--videos", str(empty), "--query", long, "--query", "x")
     assert "text 1 has 70 word pieces, the model reads at most 61: truncated" in out
@@ -312,7 +317,8 @@ def test_every_checkpoint_kind_loads_to_the_same_model(tiny_world, model_dir, tm
     shutil.copytree(model_dir, run_dir / "model")
     torch.save({"model_config": dataclasses.asdict(m.config), "model": m.state_dict(), "step": 2}, run_dir / "ckpt.pt")
     torch.save({"task": "retrieval", "dataset": "msrvtt", "model_config": dataclasses.asdict(m.config),
-                "model": m.state_dict(), "head": None, "num_classes": 0, "tokenizer": tok.to_str()}, tmp_path / "best.pt")
+                "model": m.state_dict(), "head": None, "num_classes": 0, "tokenizer": tok.to_str()},
+               tmp_path / "best.pt")
     feats = os.path.join(tiny_world, "msrvtt", "feats")
     tops = [run(capsys, "search", "--ckpt", c, "--videos", feats, "--query", "stir the soup")[0]["top"]
             for c in (model_dir, str(run_dir / "ckpt.pt"), str(tmp_path / "best.pt"))]
