@@ -270,7 +270,8 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
     for epoch in range(start_epoch, epochs):
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         if rng_resume is not None and epoch == start_epoch:
-            rng.bit_generator.state = rng_resume[rank] if rank < len(rng_resume) else rng_resume[0]
+            rng.bit_generator.state, torch_state = rng_resume[rank] if rank < len(rng_resume) else rng_resume[0]
+            torch.set_rng_state(torch_state)
         losses = []
         order = batch_order(len(train_ex), cfg.batch_size, epoch, cfg.seed, rank, world)
         for b in range(start_batch if epoch == start_epoch else 0, len(order)):
@@ -327,10 +328,10 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
 def save_inside_epoch(model, optimizer, epoch, next_batch, best, step, rng, ckpt_path, dist_state):
     """The resumable state after a stop inside an epoch: weights, optimizer, position, every rank's caption RNG."""
     ddp, rank, world, _ = dist_state
-    states = [rng.bit_generator.state]
+    states = [(rng.bit_generator.state, torch.get_rng_state())]  # captions drawn, dropout
     if ddp:
         states = [None] * world
-        torch.distributed.all_gather_object(states, rng.bit_generator.state)
+        torch.distributed.all_gather_object(states, states[0])
     if rank == 0:
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                      "next_batch": next_batch, "best": best, "step": step, "rng": states}, ckpt_path)
@@ -385,6 +386,7 @@ def main(argv=None):
                        ranges={**RANGES, "epochs": (0, None)})  # here --epochs 0 = the task's default
     if cfg.task not in TASKS + ("all",):
         raise SystemExit(f"--task {cfg.task!r}: choose one of {', '.join(TASKS + ('all',))}")
+    StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
     dist_state = setup_distributed()
     ensure_world(cfg.data, cfg.synth_size, cfg.seed, dist_state[1] == 0, dist_state[0])
     result = run_all(cfg, dist_state) if cfg.task == "all" else run(cfg, cfg.task, dist_state)

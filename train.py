@@ -545,6 +545,7 @@ def main(argv=None):
         raise SystemExit(f"--min_text_len {cfg.min_text_len} is above --max_text_len {cfg.max_text_len}")
     if not cfg.init_from and cfg.hidden % cfg.heads:
         raise SystemExit(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads}")
+    StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
     from data import PretrainData
     from losses import pretrain_loss
 
