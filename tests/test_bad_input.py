@@ -314,10 +314,16 @@ def test_failed_final_save_keeps_the_previous_model_dir(run_dir, tmp_path, monke
     ("train", "--lr", "nan", "a number > 0"), ("train", "--mmm_prob", "1.5", "a number >= 0 and <= 1"),
     ("finetune", "--batch_size", "0", "an integer >= 1"), ("finetune", "--lr", "-1", "a number > 0"),
     ("finetune", "--epochs", "-1", "an integer >= 0"), ("finetune", "--batch_size", "x", "an integer, got 'x'")])
-def test_flag_out_of_range_is_an_argparse_error(script, flag, value, want, capsys):
+def test_flag_out_of_range_is_an_argparse_error(script, flag, value, want, capsys, monkeypatch):
     main = {"train": train.main, "finetune": finetune.main}[script]
+
+    def parsed():  # the flag got through: stop before any data or training
+        raise AssertionError(f"{flag} {value} was accepted")
+
+    monkeypatch.setattr(train, "setup_distributed", parsed)
+    monkeypatch.setattr(finetune, "setup_distributed", parsed)
     with pytest.raises(SystemExit) as e:
-        main([flag, value, "--data", "/nonexistent"])
+        main([flag, value])
     assert e.value.code == 2
     assert f"argument {flag}: {flag} must be {want}" in capsys.readouterr().err
 
