@@ -12,14 +12,19 @@ Commands:
     python data.py stats DIR                                  # a few lines per dataset found
     python data.py bench DIR --workers 0 1 2                  # clips/s of the pre-training loader
 
-Bad input (nothing is dropped silently; every skip is counted and printed in one line):
+Bad input (nothing is dropped silently; every skip is counted and printed in one line that names a few ids):
     error: wrong feature dim, not 2-D, non-float / truncated / unreadable .npy, NaN or inf features (on read);
            caption lists of unequal length; downstream segment with start > end or negative time, or empty text;
-           a split / list file naming no video that has features; missing files; bad MC answer; bad step index.
-    skip:  listed video without a feature file; ASR clip with empty text, start > end or negative time
-           (HowTo100M ASR is noisy, one bad clip must not stop a run); ASR clip starting after the features end;
-           annotations for videos not in the dataset's lists.
+           a split / list file naming no video that has features; missing files; bad MC answer; bad step index;
+           a JSON / pickle file that does not parse (file, line, column); a missing key (`database`, `subset`,
+           `annotation(s)`, `segment`, `sentence`); a COIN step id that is not an integer >= 1 (0 = background);
+           a CSV row with too few fields (file, row). All are DataError, printed by the commands as one line.
+    skip:  listed video without a feature file, or with a 0-second one; ASR clip with empty / non-string text,
+           a null or non-numeric time, start > end or negative time (HowTo100M ASR is noisy, one bad clip must
+           not stop a run); ASR clip starting after the features end; annotations for videos not in the
+           dataset's lists; stray files in crosstask/annotations/; empty MSR-VTT captions.
     clip:  times past the end of the features are clipped to T and counted.
+Derived files (the token cache) are written only where the caller says (train.py: OUT/cache), never beside the data.
 """
 import argparse, glob, hashlib, json, math, os, pickle, sys, time, zlib
 
@@ -111,8 +116,9 @@ class ShardStore:
         self.root, self.where, self._open = root, {}, {}
         for meta in sorted(glob.glob(os.path.join(root, "*_meta.pkl"))):
             split = os.path.basename(meta)[: -len("_meta.pkl")]
-            with open(meta, "rb") as f:
-                shards = pickle.load(f)
+            shards = _load_pickle(meta)
+            if not isinstance(shards, dict):
+                raise DataError(f"{meta}: expected a dict {{shard: [video_id, ...]}}, got {type(shards).__name__}")
             for k, vids in shards.items():
                 for i, vid in enumerate(vids):
                     self.where[vid] = (f"{split}_{k}", i)
@@ -367,8 +373,15 @@ def read_tasks(path):
 
 def read_crosstask_videos(path):
     """videos.csv / videos_val.csv: no header, `task_id,video_id,url` -> [(task, vid)]."""
+    rows = []
     with open(_need(path)) as f:
-        return [tuple(l.strip().split(",")[:2]) for l in f if l.strip()]
+        for i, l in enumerate(f):
+            r = l.strip().split(",")
+            if l.strip() and (len(r) < 2 or not r[0] or not r[1]):
+                raise DataError(f"{path}: line {i + 1}: expected task_id,video_id,url, got {l.strip()!r}")
+            if l.strip():
+                rows.append((r[0], r[1]))
+    return rows
 
 
 def read_crosstask_annotation(path):
@@ -544,6 +557,9 @@ def load_crosstask(data_dir, split, n_train=30):
     ann_dir = os.path.join(d, "annotations")
     listed = read_crosstask_videos(os.path.join(d, "videos.csv"))
     val = [tv for tv in read_crosstask_videos(os.path.join(d, "videos_val.csv")) if tv[0] in tasks]
+    for tv in sorted(set(listed) - set(val)):
+        if tv[0] not in tasks:  # videos.csv also lists the related (non-primary) tasks
+            counts.skip("listed videos of tasks not in tasks_primary.txt, ignored", tv[1])
     known = set(listed) | set(val)
     for f in sorted(os.listdir(_need(ann_dir))):  # task id before the FIRST underscore (video ids may start with _)
         if not f.endswith(".csv") or "_" not in f[:-4]:
