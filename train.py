@@ -427,10 +427,11 @@ def ensure_world(data_dir, size, seed, master, ddp):
         import world
         print(f"building the built-in world ({size}) in {data_dir} ...")
         t0 = time.time()
-        tmp = f"{data_dir.rstrip(os.sep)}.tmp.{os.getpid()}"
+        final = os.path.abspath(data_dir)
+        tmp = f"{final}.tmp.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         world.synth(tmp, seed=seed, size=size)
-        os.replace(tmp, data_dir)
+        os.replace(tmp, final)
         print(f"built in {time.time() - t0:.1f}s")
     if ddp:
         dist.barrier()
@@ -442,6 +443,8 @@ def build_model(cfg, data_dir):
     if cfg.init_from:
         if not os.path.isdir(cfg.init_from):
             raise CheckpointError(f"--init_from {cfg.init_from}: no such directory (a Hugging Face BERT directory)")
+        if os.path.exists(os.path.join(cfg.init_from, "model.pt")):  # a model directory of this project
+            return load_trained(cfg.init_from), vlm.load_tokenizer(cfg.init_from)
         try:
             return vlm.VLM.from_pretrained(cfg.init_from), vlm.load_tokenizer(cfg.init_from)
         except CheckpointError:

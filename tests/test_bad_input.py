@@ -232,6 +232,11 @@ def test_init_from_a_damaged_bert_directory(run_dir, tiny_world, tmp_path):
     (d / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(train.CheckpointError, match=f"--init_from {d}: cannot load"):
         train.build_model(train.TrainConfig(init_from=str(d)), tiny_world)
+    model = tmp_path / "model"  # a model directory of this project goes through load_checkpoint
+    shutil.copytree(os.path.join(run_dir, "model"), model)
+    (model / "model.pt").write_bytes(open(os.path.join(run_dir, "model", "model.pt"), "rb").read()[:1000])
+    with pytest.raises(train.CheckpointError, match=f"{model}/model.pt: truncated"):
+        train.build_model(train.TrainConfig(init_from=str(model)), tiny_world)
 
 
 def test_resume_with_another_model_size_names_the_flag(run_dir, tiny_world, tmp_path):
