@@ -91,13 +91,23 @@ def test_two_torchrun_agents_first_run_on_a_fresh_world(tmp_path):
         port = s.getsockname()[1]
     world, out = str(tmp_path / "world"), str(tmp_path / "out")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
-           f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=fresh", os.path.join(ROOT, "train.py"), "--data", world,
+           f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id=fresh{os.getpid()}", "--rdzv_conf=join_timeout=60", os.path.join(ROOT, "train.py"), "--data", world,
            "--synth_size", "tiny", "--out", out, "--max_steps", "2"] + SMALL
-    agents = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]
-    results = [a.communicate(timeout=300) for a in agents]
+    logs = [(open(tmp_path / f"agent{i}.out", "w+"), open(tmp_path / f"agent{i}.err", "w+")) for i in range(2)]
+    agents = [subprocess.Popen(cmd, env=ENV, stdout=o, stderr=e, text=True, start_new_session=True) for o, e in logs]
+    deadline = time.time() + 150
+    while time.time() < deadline and any(a.poll() is None for a in agents):
+        time.sleep(0.1)
+    for a in agents:  # a hang must not hold the suite: end both agents' process groups
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+            a.wait()
+    results = []
+    for o, e in logs:
+        o.seek(0), e.seek(0)
+        results.append((o.read(), e.read()))
     for a, (so, se) in zip(agents, results):
-        assert a.returncode == 0, se[-3000:]
+        assert a.returncode == 0, (a.returncode, so[-2000:], se[-3000:])
     stdout = "".join(so for so, _ in results)
     assert stdout.count("building the built-in world") == 1 and "2 process(es)" in stdout
     assert [f for f in os.listdir(tmp_path) if ".tmp" in f] == []
