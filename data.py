@@ -293,13 +293,12 @@ def read_msrvtt_json(path):
     """MSRVTT_data.json -> (videos {vid: {"start", "end", "split"}}, sentences {vid: [caption, ...]}).
     Quirk: the keys are "start time" / "end time" with a space."""
     d = _load_json(path)
-    for key in ("videos", "sentences"):
-        bad = next((i for i, x in enumerate(d.get(key, []) if isinstance(d, dict) else [0])
-                    if not isinstance(x, dict) or "video_id" not in x or (key == "sentences" and "caption" not in x)),
-                   None)
-        if not isinstance(d, dict) or bad is not None:
-            raise DataError(f"{path}: {key}[{bad}]: expected a dict with 'video_id'"
-                            + (" and 'caption'" if key == "sentences" else ""))
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: expected a JSON object with 'videos' and 'sentences', got {type(d).__name__}")
+    for key, need in (("videos", ["video_id"]), ("sentences", ["video_id", "caption"])):
+        for i, x in enumerate(d.get(key, [])):
+            if not isinstance(x, dict) or any(k not in x for k in need):
+                raise DataError(f"{path}: {key}[{i}]: expected a dict with keys {need}")
     videos = {v["video_id"]: {"start": v.get("start time"), "end": v.get("end time"), "split": v.get("split")}
               for v in d.get("videos", [])}
     sents = {}
@@ -444,7 +443,7 @@ def _step_id(a, where):
         sid = int(str(raw).strip())
     except ValueError:
         sid = None
-    if sid is None or sid < 1 or isinstance(raw, (bool, float)):
+    if sid is None or sid < 1:
         raise DataError(f"{where}: step id {raw!r} is not an integer >= 1 (0 is the background label)")
     return sid
 
@@ -652,7 +651,7 @@ def token_cache(caption_path, tokenizer, cache_dir=None):
     if path and os.path.exists(path):
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    caps, vids, cap_off, start, end, texts, keep_vid = read_captions(caption_path), [], [0], [], [], [], []
+    caps, vids, cap_off, start, end, texts = read_captions(caption_path), [], [0], [], [], []
     bad = Counts({"ASR clips with empty text": 0, "ASR clips with start after end": 0,
                   "ASR clips with negative time": 0, "ASR clips with a missing or non-numeric time": 0,
                   "ASR clips whose text is not a string": 0})
@@ -666,12 +665,12 @@ def token_cache(caption_path, tokenizer, cache_dir=None):
             if why:
                 bad.skip(why, vid)
                 continue
-            start.append(s), end.append(e), texts.append(t), keep_vid.append(vid)
+            start.append(s), end.append(e), texts.append(t)
         vids.append(vid), cap_off.append(len(texts))
     ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
     lens = np.array([len(x) for x in ids], dtype=np.int64)
     for i in np.flatnonzero(lens == 0):  # text that tokenises to nothing
-        bad.skip("ASR clips with empty text", keep_vid[i])
+        bad.skip("ASR clips with empty text", vids[np.searchsorted(cap_off, i, side="right") - 1])
     out = {"vids": np.array(vids, dtype=str), "cap_off": np.array(cap_off, dtype=np.int64),
            "start": np.array(start, dtype=np.float64), "end": np.array(end, dtype=np.float64),
            "tok_off": np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
