@@ -478,7 +478,10 @@ def trained_tokenizer(path, data_dir, config=None):
     for d in (path if os.path.isdir(path) else os.path.dirname(path), os.path.join(os.path.dirname(path), "model"),
               data_dir):
         if any(os.path.exists(os.path.join(d, f)) for f in ("tokenizer.json", "vocab.txt")):
-            tok = vlm.load_tokenizer(d)
+            try:
+                tok = vlm.load_tokenizer(d)
+            except ValueError as e:  # a damaged tokenizer.json (the message names it)
+                raise CheckpointError(str(e)) from None
             if d == data_dir:
                 _check_data_tokenizer(tok, path, data_dir, config)
             return tok
