@@ -55,6 +55,22 @@ def test_sigterm_in_finetune_all_stops_saves_and_writes_no_table(pretrained, tin
     assert torch.load(out / "retrieval-msrvtt" / "ckpt.pt", weights_only=False)["epoch"] < 49
 
 
+def test_sigterm_in_train_saves_at_the_next_step_and_exits_non_zero(tiny_world, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data", tiny_world, "--out", str(out),
+           "--max_steps", "100000"] + SMALL
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.jsonl"
+    deadline = time.time() + 120
+    while (not log.exists() or not log.read_text()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    step = torch.load(out / "ckpt.pt", weights_only=False)["step"]
+    assert f"stopped: checkpoint saved at step {step}" in stdout and 1 <= step < 100000
+
+
 def test_finetune_stopped_inside_an_epoch_resumes_to_the_same_weights(pretrained, tiny_world, tmp_path,
                                                                       monkeypatch):
     cfg = dataclasses.replace(finetune.FinetuneConfig(), data=tiny_world, init=pretrained, epochs=1, batch_size=4)
