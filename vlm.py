@@ -98,7 +98,10 @@ def load_tokenizer(path):
     from tokenizers.models import WordPiece
     tj, vt = os.path.join(path, "tokenizer.json"), os.path.join(path, "vocab.txt")
     if os.path.exists(tj):
-        tok = Tokenizer.from_file(tj)
+        try:
+            tok = Tokenizer.from_file(tj)
+        except Exception as e:  # truncated or not a tokenizers JSON file
+            raise ValueError(f"{tj}: cannot read the tokenizer: {e}") from None
         tok.no_padding()  # some tokenizer.json files pad/truncate to 128; callers pad and truncate (and count)
         tok.no_truncation()
         return tok
