@@ -12,14 +12,19 @@ Commands:
     python data.py stats DIR                                  # a few lines per dataset found
     python data.py bench DIR --workers 0 1 2                  # clips/s of the pre-training loader
 
-Bad input (nothing is dropped silently; every skip is counted and printed in one line):
+Bad input (nothing is dropped silently; every skip is counted and printed in one line that names a few ids):
     error: wrong feature dim, not 2-D, non-float / truncated / unreadable .npy, NaN or inf features (on read);
            caption lists of unequal length; downstream segment with start > end or negative time, or empty text;
-           a split / list file naming no video that has features; missing files; bad MC answer; bad step index.
-    skip:  listed video without a feature file; ASR clip with empty text, start > end or negative time
-           (HowTo100M ASR is noisy, one bad clip must not stop a run); ASR clip starting after the features end;
-           annotations for videos not in the dataset's lists.
+           a split / list file naming no video that has features; missing files; bad MC answer; bad step index;
+           a JSON / pickle file that does not parse (file, line, column); a missing key (`database`, `subset`,
+           `annotation(s)`, `segment`, `sentence`); a COIN step id that is not an integer >= 1 (0 = background);
+           a CSV row with too few fields (file, row). All are DataError, printed by the commands as one line.
+    skip:  listed video without a feature file, or with a 0-second one; ASR clip with empty / non-string text,
+           a null or non-numeric time, start > end or negative time (HowTo100M ASR is noisy, one bad clip must
+           not stop a run); ASR clip starting after the features end; annotations for videos not in the
+           dataset's lists; stray files in crosstask/annotations/; empty MSR-VTT captions.
     clip:  times past the end of the features are clipped to T and counted.
+Derived files (the token cache) are written only where the caller says (train.py: OUT/cache), never beside the data.
 """
 import argparse, glob, hashlib, json, math, os, pickle, sys, time, zlib
 
@@ -32,11 +37,31 @@ MAX_TEXT = 61      # content word pieces per example (96 - 32 - 3)
 MAX_SPAN = 256.0   # seconds: stop extending a pre-training clip once its captions span this much
 
 
+class DataError(ValueError):
+    """A data file that cannot be used as it is; the message names the file and the row / key / video."""
+
+
+class Counts(dict):
+    """Skip / clip counts {reason: n}; `.examples` keeps the first few ids skipped for each reason."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.examples = {}
+
+    def skip(self, reason, vid, n=1):
+        self[reason] = self.get(reason, 0) + n
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < 3 and vid not in ex:
+            ex.append(vid)
+
+
 def _report(name, counts):
-    """Print one line for non-zero skip / clip counts; return the dict (stored as store.report)."""
+    """Print one line for non-zero skip / clip counts, naming a few skipped ids; return the dict (store.report)."""
     bad = {k: v for k, v in counts.items() if v}
+    ex = getattr(counts, "examples", {})
     if bad:
-        print(f"{name}: " + ", ".join(f"{v} {k}" for k, v in bad.items()))
+        print(f"{name}: " + ", ".join(f"{v} {k}" + (f" (e.g. {', '.join(map(str, ex[k]))})" if ex.get(k) else "")
+                                      for k, v in bad.items()))
     return counts
 
 
@@ -44,11 +69,11 @@ def _report(name, counts):
 
 def _check_feat(a, where):
     if a.ndim != 2 or a.shape[1] != FEAT_DIM:
-        raise ValueError(f"{where}: features must be (T, {FEAT_DIM}), got shape {a.shape}")
+        raise DataError(f"{where}: features must be (T, {FEAT_DIM}), got shape {a.shape}")
     if a.dtype.kind != "f":
-        raise ValueError(f"{where}: features must be a float array, got dtype {a.dtype}")
+        raise DataError(f"{where}: features must be a float array, got dtype {a.dtype}")
     if not np.isfinite(a).all():
-        raise ValueError(f"{where}: features contain NaN or inf")
+        raise DataError(f"{where}: features contain NaN or inf")
     return a
 
 
@@ -70,7 +95,7 @@ class NpyStore:
         try:
             return np.load(path, mmap_mode="r"), path
         except Exception as e:  # truncated file, not an .npy, pickled objects, ...
-            raise ValueError(f"{path}: cannot read features of video {vid!r}: {e}") from None
+            raise DataError(f"{path}: cannot read features of video {vid!r}: {e}") from None
 
     def __getitem__(self, vid):
         a, path = self._open(vid)
@@ -79,7 +104,7 @@ class NpyStore:
     def length(self, vid):
         a, path = self._open(vid)
         if a.ndim != 2:
-            raise ValueError(f"{path}: features must be (T, {FEAT_DIM}), got shape {a.shape}")
+            raise DataError(f"{path}: features must be (T, {FEAT_DIM}), got shape {a.shape}")
         return a.shape[0]
 
 
@@ -91,8 +116,9 @@ class ShardStore:
         self.root, self.where, self._open = root, {}, {}
         for meta in sorted(glob.glob(os.path.join(root, "*_meta.pkl"))):
             split = os.path.basename(meta)[: -len("_meta.pkl")]
-            with open(meta, "rb") as f:
-                shards = pickle.load(f)
+            shards = _load_pickle(meta)
+            if not isinstance(shards, dict):
+                raise DataError(f"{meta}: expected a dict {{shard: [video_id, ...]}}, got {type(shards).__name__}")
             for k, vids in shards.items():
                 for i, vid in enumerate(vids):
                     self.where[vid] = (f"{split}_{k}", i)
@@ -108,9 +134,9 @@ class ShardStore:
                 data = np.load(base + "_data.npy", mmap_mode="r")
                 starts = np.load(base + "_starts.npy")
             except Exception as e:
-                raise ValueError(f"{base}_data.npy / _starts.npy: cannot read shard: {e}") from None
+                raise DataError(f"{base}_data.npy / _starts.npy: cannot read shard: {e}") from None
             if starts.ndim != 1 or starts[-1] != data.shape[0]:
-                raise ValueError(f"{base}_starts.npy: last offset {starts[-1]} != rows of _data.npy {data.shape[0]}")
+                raise DataError(f"{base}_starts.npy: last offset {starts[-1]} != rows of _data.npy {data.shape[0]}")
             self._open[name] = (data, starts)
         return self._open[name]
 
@@ -151,7 +177,7 @@ def pack(features, out, split="train", videos_per_shard=1000):
     the meta pickle last, so a half-written directory is never detected as shards."""
     src = NpyStore(features)
     if not src.ids:
-        raise ValueError(f"{features}: no .npy feature files to pack")
+        raise DataError(f"{features}: no .npy feature files to pack")
     os.makedirs(out, exist_ok=True)
     dtype, meta = src[src.ids[0]].dtype, {}
     for k, i0 in enumerate(range(0, len(src.ids), videos_per_shard)):
@@ -188,14 +214,43 @@ def _dataset_dir(data_dir, name):
     return os.path.join(data_dir, name) if os.path.isdir(os.path.join(data_dir, name)) else data_dir
 
 
-def read_captions(path):
-    """HowTo100M `raw_caption.json` (or a pickle of the same dict) -> {vid: {"start", "end", "text"}}."""
+def _load_json(path):
+    """json.load that names the file, line and column of a syntax error (truncated or not JSON)."""
     with open(_need(path), "rb") as f:
-        caps = pickle.load(f) if path.endswith((".pkl", ".pickle")) else json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON (truncated?): {e.msg} at line {e.lineno} column {e.colno}") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not a JSON text file ({e.reason} at byte {e.start})") from None
+
+
+def _load_pickle(path):
+    with open(_need(path), "rb") as f:
+        try:
+            return pickle.load(f)
+        except Exception as e:  # truncated, not a pickle, a class that is not importable here
+            raise DataError(f"{path}: cannot read pickle (truncated or not a pickle?): {type(e).__name__}: {e}") from None
+
+
+def read_captions(path):
+    """HowTo100M `raw_caption.json` (or a pickle of the same dict) -> {vid: {"start", "end", "text"}}.
+    MMPT's `raw_caption.pkl` holds each video's dict as a JSON string: those are decoded too."""
+    caps = _load_pickle(path) if path.endswith((".pkl", ".pickle")) else _load_json(path)
+    if not isinstance(caps, dict):
+        raise DataError(f"{path}: expected a dict {{video_id: {{start, end, text}}}}, got {type(caps).__name__}")
     for vid, c in caps.items():
+        if isinstance(c, (str, bytes)):
+            try:
+                c = caps[vid] = json.loads(c)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: video {vid!r}: value is a string but not JSON: {e.msg}") from None
+        if not isinstance(c, dict) or not all(isinstance(c.get(k), (list, tuple)) for k in ("start", "end", "text")):
+            got = sorted(c) if isinstance(c, dict) else type(c).__name__
+            raise DataError(f"{path}: video {vid!r}: expected lists under 'start', 'end', 'text', got {got}")
         n = {k: len(c.get(k, ())) for k in ("start", "end", "text")}
         if len(set(n.values())) != 1:
-            raise ValueError(f"{path}: video {vid!r}: caption lists of unequal length {n}")
+            raise DataError(f"{path}: video {vid!r}: caption lists of unequal length {n}")
     return caps
 
 
@@ -204,7 +259,7 @@ def read_howto_csv(path):
     with open(_need(path)) as f:
         head = f.readline().strip().split(",")
         if head[:1] != ["video_id"]:
-            raise ValueError(f"{path}: header must start with video_id, got {head}")
+            raise DataError(f"{path}: header must start with video_id, got {head}")
         return {r[0]: dict(zip(head[1:], r[1:])) for r in (l.rstrip("\n").split(",") for l in f) if r[0]}
 
 
@@ -213,7 +268,7 @@ def read_id_list(path):
     with open(_need(path)) as f:
         lines = [l.strip() for l in f if l.strip()]
     if not lines or lines[0].split(",")[0] != "video_id":
-        raise ValueError(f"{path}: expected header 'video_id'")
+        raise DataError(f"{path}: expected header 'video_id'")
     return [l.split(",")[0] for l in lines[1:]]
 
 
@@ -222,15 +277,28 @@ def read_jsfusion(path):
     with open(_need(path)) as f:
         head = f.readline().strip().split(",")
         if head != ["key", "vid_key", "video_id", "sentence"]:
-            raise ValueError(f"{path}: header must be key,vid_key,video_id,sentence, got {head}")
-        return [dict(zip(head, l.rstrip("\n").split(",", 3))) for l in f if l.strip()]
+            raise DataError(f"{path}: header must be key,vid_key,video_id,sentence, got {head}")
+        rows = []
+        for i, l in enumerate(f):
+            r = l.rstrip("\r\n").split(",", 3)
+            if not l.strip():
+                continue
+            if len(r) < 4 or not r[2].strip():
+                raise DataError(f"{path}: row {i + 2}: expected key,vid_key,video_id,sentence, got {l.strip()!r}")
+            rows.append(dict(zip(head, r)))
+        return rows
 
 
 def read_msrvtt_json(path):
     """MSRVTT_data.json -> (videos {vid: {"start", "end", "split"}}, sentences {vid: [caption, ...]}).
     Quirk: the keys are "start time" / "end time" with a space."""
-    with open(_need(path)) as f:
-        d = json.load(f)
+    d = _load_json(path)
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: expected a JSON object with 'videos' and 'sentences', got {type(d).__name__}")
+    for key, need in (("videos", ["video_id"]), ("sentences", ["video_id", "caption"])):
+        for i, x in enumerate(d.get(key, [])):
+            if not isinstance(x, dict) or any(k not in x for k in need):
+                raise DataError(f"{path}: {key}[{i}]: expected a dict with keys {need}")
     videos = {v["video_id"]: {"start": v.get("start time"), "end": v.get("end time"), "split": v.get("split")}
               for v in d.get("videos", [])}
     sents = {}
@@ -249,17 +317,31 @@ def read_mc(path):
         try:
             cands, ans, key = [r[f"a{j}"] for j in range(1, 6)], int(r["answer"]), r["vid_key"]
         except (KeyError, ValueError) as e:
-            raise ValueError(f"{path}: row {i + 2}: missing or bad field {e}") from None
+            raise DataError(f"{path}: row {i + 2}: missing or bad field {e}") from None
         if not 0 <= ans < 5 or not all(c.strip() for c in cands) or not key.startswith("msr"):
-            raise ValueError(f"{path}: row {i + 2}: bad answer {ans} / empty candidate / vid_key {key!r}")
+            raise DataError(f"{path}: row {i + 2}: bad answer {ans} / empty candidate / vid_key {key!r}")
         out.append({"video_id": "video" + key[3:], "candidates": cands, "answer": ans})
     return out
 
 
-def read_database(path):
-    """YouCook2 / COIN json -> the `database` dict."""
-    with open(_need(path)) as f:
-        return json.load(f)["database"]
+def read_database(path, ann_key=None):
+    """YouCook2 / COIN json -> the `database` dict; each video must hold `subset` and a list under `ann_key`
+    (YouCook2 "annotations", COIN "annotation") of dicts with a 2-number `segment`."""
+    d = _load_json(path)
+    if not isinstance(d, dict) or not isinstance(d.get("database"), dict):
+        got = sorted(d)[:8] if isinstance(d, dict) else type(d).__name__
+        raise DataError(f"{path}: expected a top-level key 'database' (a dict of videos), got {got}")
+    for vid, x in d["database"].items() if ann_key else ():
+        where = f"{path}: video {vid!r}"
+        if not isinstance(x, dict) or "subset" not in x or not isinstance(x.get(ann_key), list):
+            got = sorted(x) if isinstance(x, dict) else type(x).__name__
+            raise DataError(f"{where}: expected keys 'subset' and {ann_key!r} (a list), got {got}")
+        for j, a in enumerate(x[ann_key]):
+            seg = a.get("segment") if isinstance(a, dict) else None
+            if not (isinstance(seg, (list, tuple)) and len(seg) == 2 and
+                    all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in seg)):
+                raise DataError(f"{where}: {ann_key}[{j}]: expected 'segment': [start, end] in seconds, got {seg!r}")
+    return d["database"]
 
 
 def split_clip_id(clip_id):
@@ -278,11 +360,11 @@ def read_tasks(path):
             i += 1
             continue
         if i + 4 >= len(lines):
-            raise ValueError(f"{path}: line {i + 1}: incomplete task card")
+            raise DataError(f"{path}: line {i + 1}: incomplete task card")
         tid, name, _, n, steps = lines[i : i + 5]
         steps = steps.split(",")
         if not n.isdigit() or int(n) != len(steps):
-            raise ValueError(f"{path}: task {tid}: n_steps {n!r} but {len(steps)} steps listed")
+            raise DataError(f"{path}: task {tid}: n_steps {n!r} but {len(steps)} steps listed")
         tasks[tid] = {"name": name, "steps": steps}
         i += 5
     return tasks
@@ -290,8 +372,15 @@ def read_tasks(path):
 
 def read_crosstask_videos(path):
     """videos.csv / videos_val.csv: no header, `task_id,video_id,url` -> [(task, vid)]."""
+    rows = []
     with open(_need(path)) as f:
-        return [tuple(l.strip().split(",")[:2]) for l in f if l.strip()]
+        for i, l in enumerate(f):
+            r = l.strip().split(",")
+            if l.strip() and (len(r) < 2 or not r[0] or not r[1]):
+                raise DataError(f"{path}: line {i + 1}: expected task_id,video_id,url, got {l.strip()!r}")
+            if l.strip():
+                rows.append((r[0], r[1]))
+    return rows
 
 
 def read_crosstask_annotation(path):
@@ -304,7 +393,7 @@ def read_crosstask_annotation(path):
                     s, a, b = l.strip().split(",")
                     rows.append((int(s), float(a), float(b)))
             except ValueError:
-                raise ValueError(f"{path}: line {i + 1}: expected step,start,end, got {l.strip()!r}") from None
+                raise DataError(f"{path}: line {i + 1}: expected step,start,end, got {l.strip()!r}") from None
     return rows
 
 
@@ -322,40 +411,58 @@ def _carve(ids, frac=0.1, seed=0):
 def _segment(s, e, where, T, counts):
     """Validate a downstream segment and clip it to T seconds (counted)."""
     if s < 0 or e < 0 or s > e:
-        raise ValueError(f"{where}: bad segment [{s}, {e}] (negative time or start after end)")
+        raise DataError(f"{where}: bad segment [{s}, {e}] (negative time or start after end)")
     if e > T:
         counts["segments ran past the features, clipped"] += 1
     return s, min(e, T)
 
 
 def _keep(vids, store, where, counts):
-    kept = [v for v in vids if v in store]
-    counts["videos without features, skipped"] += len(vids) - len(kept)
+    kept = []
+    for v in vids:
+        if v not in store:
+            counts.skip("videos without features, skipped", v)
+        elif store.length(v) == 0:  # a 0-second feature file: no clip can come from it
+            counts.skip("videos with 0-second features, skipped", v)
+        else:
+            kept.append(v)
     if not kept:
-        raise ValueError(f"{where}: names no video that has features in {store.root}")
+        raise DataError(f"{where}: names no video that has features in {store.root}")
     return kept
 
 
 def _counts():
-    return {"videos without features, skipped": 0, "segments ran past the features, clipped": 0,
-            "annotations for unknown videos, skipped": 0}
+    return Counts({"videos without features, skipped": 0, "segments ran past the features, clipped": 0,
+                   "annotations for unknown videos, skipped": 0})
+
+
+def _step_id(a, where):
+    """A COIN step id: an integer >= 1 (0 is the background label, no step may use it)."""
+    raw = a.get("id") if isinstance(a, dict) else None
+    try:
+        sid = int(str(raw).strip())
+    except ValueError:
+        sid = None
+    if sid is None or sid < 1:
+        raise DataError(f"{where}: step id {raw!r} is not an integer >= 1 (0 is the background label)")
+    return sid
 
 
 def _youcook(data_dir, split):
     d = _dataset_dir(data_dir, "youcook2")
     path = os.path.join(d, "youcookii_annotations_trainval.json")
-    db, store, counts = read_database(path), open_features(os.path.join(d, "feats")), _counts()
+    db, store, counts = read_database(path, "annotations"), open_features(os.path.join(d, "feats")), _counts()
     train, val = _carve([v for v, x in db.items() if x["subset"] == "training"])
     vids = {"train": train, "val": val, "test": sorted(v for v, x in db.items() if x["subset"] == "validation")}
     if split not in vids:
-        raise ValueError(f"youcook2: unknown split {split!r} (train, val, test)")
+        raise DataError(f"youcook2: unknown split {split!r} (train, val, test)")
     segs = []
     for vid in _keep(vids[split], store, f"{path} ({split})", counts):
         T = store.length(vid)
         for a in db[vid]["annotations"]:
             where = f"{path}: video {vid!r} annotation {a.get('id')}"
-            if not a["sentence"].strip():
-                raise ValueError(f"{where}: empty sentence")
+            if not isinstance(a.get("sentence"), str) or not a["sentence"].strip():
+                raise DataError(f"{where}: empty sentence or no 'sentence' key (got {a.get('sentence')!r})")
             s, e = _segment(*a["segment"], where, T, counts)
             segs.append({"video_id": vid, "clip_id": f"{vid}_{a['id']}", "start": s, "end": e,
                          "text": a["sentence"]})
@@ -372,27 +479,36 @@ def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k"):
         return [{"video_id": s["video_id"], "start": s["start"], "end": s["end"], "texts": [s["text"]]}
                 for s in segs], store
     if dataset != "msrvtt":
-        raise ValueError(f"unknown retrieval dataset {dataset!r} (msrvtt, youcook2)")
+        raise DataError(f"unknown retrieval dataset {dataset!r} (msrvtt, youcook2)")
     d, counts = _dataset_dir(data_dir, "msrvtt"), _counts()
     store = open_features(os.path.join(d, "feats"))
     if split == "test":
         path = os.path.join(d, "MSRVTT_JSFUSION_test.csv")
         rows = read_jsfusion(path)
+        for r in rows:
+            if not r["sentence"].strip():
+                counts.skip("test rows with an empty sentence, skipped", r["key"])
+        rows = [r for r in rows if r["sentence"].strip()]
         kept = set(_keep([r["video_id"] for r in rows], store, path, counts))
         recs = [{"video_id": r["video_id"], "start": None, "end": None, "texts": [r["sentence"]]}
                 for r in rows if r["video_id"] in kept]
     elif split in ("train", "val"):
         lst = os.path.join(d, f"MSRVTT_train.{train_list}.csv")
         _, sents = read_msrvtt_json(os.path.join(d, "MSRVTT_data.json"))
+        for vid, caps in sents.items():
+            for c in caps:
+                if not isinstance(c, str) or not c.strip():
+                    counts.skip("empty captions in MSRVTT_data.json, skipped", vid)
+            sents[vid] = [c for c in caps if isinstance(c, str) and c.strip()]
         ids = dict(zip(("train", "val"), _carve(read_id_list(lst))))[split]
         recs = []
         for vid in _keep(ids, store, lst, counts):
             if not sents.get(vid):
-                raise ValueError(f"{d}/MSRVTT_data.json: no sentences for video {vid!r} listed in {lst}")
+                raise DataError(f"{d}/MSRVTT_data.json: no sentences for video {vid!r} listed in {lst}")
             texts = sents[vid] if split == "train" else sents[vid][:1]
             recs.append({"video_id": vid, "start": None, "end": None, "texts": texts})
     else:
-        raise ValueError(f"msrvtt: unknown split {split!r} (train, val, test)")
+        raise DataError(f"msrvtt: unknown split {split!r} (train, val, test)")
     store.report = _report(f"msrvtt/{split}", counts)
     return recs, store
 
@@ -412,12 +528,13 @@ def load_coin(data_dir, split):
     id on seconds floor(start)..ceil(end). train / val carved from `training`, test = `testing`."""
     d, counts = _dataset_dir(data_dir, "coin"), _counts()
     path, store = os.path.join(d, "COIN.json"), open_features(os.path.join(d, "feats"))
-    db = read_database(path)
-    num_classes = 1 + max((int(a["id"]) for x in db.values() for a in x["annotation"]), default=0)
+    db = read_database(path, "annotation")
+    num_classes = 1 + max((_step_id(a, f"{path}: video {v!r}") for v, x in db.items() for a in x["annotation"]),
+                          default=0)
     train, val = _carve([v for v, x in db.items() if x["subset"] == "training"])
     vids = {"train": train, "val": val, "test": sorted(v for v, x in db.items() if x["subset"] == "testing")}
     if split not in vids:
-        raise ValueError(f"coin: unknown split {split!r} (train, val, test)")
+        raise DataError(f"coin: unknown split {split!r} (train, val, test)")
     recs = []
     for vid in _keep(vids[split], store, f"{path} ({split})", counts):
         T = store.length(vid)
@@ -425,7 +542,7 @@ def load_coin(data_dir, split):
         for a in db[vid]["annotation"]:
             s, e = _segment(*a["segment"], f"{path}: video {vid!r} step {a['id']}", T, counts)
             s = min(int(math.floor(s)), T - 1)
-            labels[s : max(int(math.ceil(e)), s + 1)] = int(a["id"])
+            labels[s : max(int(math.ceil(e)), s + 1)] = _step_id(a, f"{path}: video {vid!r}")
         recs.append({"video_id": vid, "labels": labels})
     store.report = _report(f"coin/{split}", counts)
     return recs, store, num_classes
@@ -439,10 +556,17 @@ def load_crosstask(data_dir, split, n_train=30):
     ann_dir = os.path.join(d, "annotations")
     listed = read_crosstask_videos(os.path.join(d, "videos.csv"))
     val = [tv for tv in read_crosstask_videos(os.path.join(d, "videos_val.csv")) if tv[0] in tasks]
+    for tv in sorted(set(listed) - set(val)):
+        if tv[0] not in tasks:  # videos.csv also lists the related (non-primary) tasks
+            counts.skip("listed videos of tasks not in tasks_primary.txt, ignored", tv[1])
     known = set(listed) | set(val)
-    for f in os.listdir(_need(ann_dir)):  # task id before the FIRST underscore (video ids may start with _)
+    for f in sorted(os.listdir(_need(ann_dir))):  # task id before the FIRST underscore (video ids may start with _)
+        if not f.endswith(".csv") or "_" not in f[:-4]:
+            counts.skip("files in annotations/ not named <task>_<video>.csv, ignored", f)
+            continue
         task, vid = f[:-4].split("_", 1)
-        counts["annotations for unknown videos, skipped"] += (task, vid) not in known
+        if (task, vid) not in known:
+            counts.skip("annotations for unknown videos, skipped", f)
     usable = lambda tv: tv[1] in store and os.path.exists(os.path.join(ann_dir, f"{tv[0]}_{tv[1]}.csv"))
     val_set = set(val)
     pool = sorted({tv for tv in listed if tv[0] in tasks and tv not in val_set})
@@ -454,23 +578,27 @@ def load_crosstask(data_dir, split, n_train=30):
     train_set = set(train)
     chosen = {"train": train, "val": sorted(val_set), "test": [tv for tv in pool if tv not in train_set]}
     if split not in chosen:
-        raise ValueError(f"crosstask: unknown split {split!r} (train, val, test)")
+        raise DataError(f"crosstask: unknown split {split!r} (train, val, test)")
     keep = [tv for tv in chosen[split] if usable(tv)]
-    counts["videos without features or annotations, skipped"] = len(chosen[split]) - len(keep)
+    for tv in chosen[split]:
+        if not usable(tv):
+            counts.skip("videos without features or annotations, skipped", tv[1])
+        elif store.length(tv[1]) == 0:  # a 0-second feature file: no label can fall in it
+            counts.skip("videos with 0-second features, skipped", tv[1])
+    keep = [tv for tv in keep if store.length(tv[1]) > 0]
     if not keep:
-        raise ValueError(f"{d}: crosstask/{split} names no video with features and annotations")
+        raise DataError(f"{d}: crosstask/{split} names no video with features and annotations")
     recs = []
     for task, vid in keep:
         path, T, K = os.path.join(ann_dir, f"{task}_{vid}.csv"), store.length(vid), len(tasks[task]["steps"])
         labels = np.zeros((T, K), dtype=np.float32)  # (T, K)
         for step, s, e in read_crosstask_annotation(path):
             if not 1 <= step <= K:
-                raise ValueError(f"{path}: step {step} outside 1..{K} of task {task}")
+                raise DataError(f"{path}: step {step} outside 1..{K} of task {task}")
             s, e = _segment(s, e, path, T, counts)
             s = int(math.floor(s))
             if s >= T:  # the CrossTask toolkit's rule: a segment starting past the features marks no frame
-                counts["segments starting past the features, left empty"] = counts.get(
-                    "segments starting past the features, left empty", 0) + 1
+                counts.skip("segments starting past the features, left empty", vid)
                 continue
             labels[s : max(int(math.ceil(e)), s + 1), step - 1] = 1.0
         recs.append({"task": task, "video_id": vid, "labels": labels})
@@ -504,39 +632,64 @@ def collate_pairs(videos, texts, pad_id=0):
             "text_ids": text, "text_mask": torch.arange(Lt) < tlen[:, None]}  # (B, Lt)
 
 
-def token_cache(caption_path, tokenizer):
-    """Tokenise every ASR caption once; cache next to the captions as tokens-<hash>.npz, the hash covering the
-    tokenizer's JSON and the caption file's size and mtime (another vocabulary never reuses a stale cache).
-    -> dict vids, cap_off (nv+1), start, end (nc), tok_off (nc+1), ids (int32), skipped counts."""
+def _asr_time(x):
+    """An ASR start / end as a finite float, else None (null, a string, NaN)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def token_cache(caption_path, tokenizer, cache_dir=None):
+    """Tokenise every ASR caption once. With cache_dir, cache as cache_dir/tokens-<hash>.npz, the hash covering
+    the caption file's path, size and mtime and the tokenizer's JSON (another vocabulary never reuses a stale
+    cache); never beside the captions (datasets may be read-only and shared). The file is written under a
+    unique temp name and renamed, so processes building it at once never collide.
+    -> dict vids, cap_off (nv+1), start, end (nc), tok_off (nc+1), ids (int32), skipped counts and ids."""
     st = os.stat(_need(caption_path))
-    key = hashlib.sha1(f"{tokenizer.to_str()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    path = os.path.join(os.path.dirname(caption_path), f"tokens-{key}.npz")
-    if os.path.exists(path):
+    key = hashlib.sha1(f"v2|{os.path.abspath(caption_path)}|{tokenizer.to_str()}|{st.st_size}|{st.st_mtime_ns}"
+                       .encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"tokens-{key}.npz") if cache_dir else None
+    if path and os.path.exists(path):
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     caps, vids, cap_off, start, end, texts = read_captions(caption_path), [], [0], [], [], []
-    bad = {"ASR clips with empty text": 0, "ASR clips with start after end": 0, "ASR clips with negative time": 0}
+    bad = Counts({"ASR clips with empty text": 0, "ASR clips with start after end": 0,
+                  "ASR clips with negative time": 0, "ASR clips with a missing or non-numeric time": 0,
+                  "ASR clips whose text is not a string": 0})
     for vid, c in caps.items():
         for s, e, t in zip(c["start"], c["end"], c["text"]):
-            s, e = float(s), float(e)
-            why = ("ASR clips with negative time" if s < 0 or e < 0 else "ASR clips with start after end"
-                   if s > e else "ASR clips with empty text" if not str(t).strip() else None)
+            s, e = _asr_time(s), _asr_time(e)
+            why = ("ASR clips with a missing or non-numeric time" if s is None or e is None else
+                   "ASR clips with negative time" if s < 0 or e < 0 else "ASR clips with start after end"
+                   if s > e else "ASR clips whose text is not a string" if not isinstance(t, str) else
+                   "ASR clips with empty text" if not t.strip() else None)
             if why:
-                bad[why] += 1
+                bad.skip(why, vid)
                 continue
-            start.append(s), end.append(e), texts.append(str(t))
+            start.append(s), end.append(e), texts.append(t)
         vids.append(vid), cap_off.append(len(texts))
     ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
     lens = np.array([len(x) for x in ids], dtype=np.int64)
-    bad["ASR clips with empty text"] += int((lens == 0).sum())  # text that tokenises to nothing
+    for i in np.flatnonzero(lens == 0):  # text that tokenises to nothing
+        bad.skip("ASR clips with empty text", vids[np.searchsorted(cap_off, i, side="right") - 1])
     out = {"vids": np.array(vids, dtype=str), "cap_off": np.array(cap_off, dtype=np.int64),
            "start": np.array(start, dtype=np.float64), "end": np.array(end, dtype=np.float64),
            "tok_off": np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
            "ids": np.fromiter((i for x in ids for i in x), dtype=np.int32, count=int(lens.sum())),
-           "skipped": np.array([bad[k] for k in sorted(bad)]), "skipped_names": np.array(sorted(bad))}
-    with open(path + ".tmp", "wb") as f:
-        np.savez(f, **out)
-    os.replace(path + ".tmp", path)
+           "skipped": np.array([bad[k] for k in sorted(bad)]), "skipped_names": np.array(sorted(bad)),
+           "skipped_ids": np.array([f"{k}\t{v}" for k in sorted(bad) for v in bad.examples.get(k, [])], dtype=str)}
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp.{os.getpid()}.{os.urandom(4).hex()}"  # unique: ranks on other nodes share the dir
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **out)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return out
 
 
@@ -556,13 +709,15 @@ class PretrainData(torch.utils.data.Dataset):
     (seed, epoch, video index), so batches do not depend on the number of workers."""
 
     def __init__(self, data_dir, tokenizer, split="train", clips_per_video=32, min_text=8, max_text=64, seed=0,
-                 features=None, val_frac=0.05):
+                 features=None, val_frac=0.05, cache_dir=None):
         d, cap_path, feat_dir = _howto_paths(data_dir, features)
         self.K, self.min_text, self.max_text, self.seed = clips_per_video, min_text, max_text, seed
         pad = tokenizer.token_to_id("[PAD]")
         self.pad_id = 0 if pad is None else pad
-        c, self.store = token_cache(cap_path, tokenizer), open_features(feat_dir)
-        counts = dict(zip(c["skipped_names"].tolist(), c["skipped"].tolist()))
+        c, self.store = token_cache(cap_path, tokenizer, cache_dir), open_features(feat_dir)
+        counts = Counts(zip(c["skipped_names"].tolist(), c["skipped"].tolist()))
+        for kv in c["skipped_ids"].tolist() if "skipped_ids" in c else []:
+            counts.examples.setdefault(kv.split("\t")[0], []).append(kv.split("\t", 1)[1])
         counts.update({"videos without features, skipped": 0, "videos without usable ASR, skipped": 0,
                        "ASR clips starting after the features end, skipped": 0,
                        "ASR clips ran past the features, clipped": 0})
@@ -571,19 +726,19 @@ class PretrainData(torch.utils.data.Dataset):
         for i, vid in enumerate(c["vids"].tolist()):
             a, b = c["cap_off"][i], c["cap_off"][i + 1]
             if vid not in self.store:
-                counts["videos without features, skipped"] += 1
+                counts.skip("videos without features, skipped", vid)
                 continue
             T = self.store.length(vid)
             ok = (c["start"][a:b] < T) & (c["tok_off"][a + 1 : b + 1] > c["tok_off"][a:b])  # non-empty tokens
             counts["ASR clips starting after the features end, skipped"] += int((c["start"][a:b] >= T).sum())
             counts["ASR clips ran past the features, clipped"] += int((ok & (c["end"][a:b] > T)).sum())
             if not ok.any():
-                counts["videos without usable ASR, skipped"] += 1
+                counts.skip("videos without usable ASR, skipped", vid)
                 continue
             keep_cap[a:b] = ok
             vids.append(vid), lengths.append(T), n_caps.append(int(ok.sum()))
         if len(vids) < 2:
-            raise ValueError(f"{cap_path}: need >= 2 videos with features in {feat_dir} and ASR, found {len(vids)}")
+            raise DataError(f"{cap_path}: need >= 2 videos with features in {feat_dir} and ASR, found {len(vids)}")
         n_tok = np.diff(c["tok_off"])
         self.ids = c["ids"][np.repeat(keep_cap, n_tok)]                         # kept tokens, flat
         self.tok_off = np.concatenate([[0], np.cumsum(n_tok[keep_cap])])        # prefix sums of token counts
@@ -591,7 +746,7 @@ class PretrainData(torch.utils.data.Dataset):
         cap_off = np.concatenate([[0], np.cumsum(n_caps)])
         train, val = _carve(range(len(vids)), val_frac, seed=0)  # fixed held-out videos, whatever `seed`
         if split not in ("train", "val"):
-            raise ValueError(f"PretrainData: unknown split {split!r} (train, val)")
+            raise DataError(f"PretrainData: unknown split {split!r} (train, val)")
         sel = train if split == "train" else val
         self.vids = [vids[i] for i in sel]
         self.lengths = np.array([lengths[i] for i in sel])
@@ -661,7 +816,7 @@ class PretrainData(torch.utils.data.Dataset):
     def batches_per_epoch(self, batch_videos, world_size=1):
         per_rank = self.num_videos // world_size  # the remainder (< world_size videos) is dropped each epoch
         if per_rank == 0:
-            raise ValueError(f"PretrainData: {self.num_videos} videos cannot be split over {world_size} ranks")
+            raise DataError(f"PretrainData: {self.num_videos} videos cannot be split over {world_size} ranks")
         return math.ceil(per_rank / batch_videos)
 
     def batches(self, batch_videos, epoch, rank=0, world_size=1, start_batch=0):
@@ -779,6 +934,19 @@ def bench(root, workers=(0, 1, 2), batch_videos=8, n_batches=20):
         data._loaders.clear()  # shut this setting's workers down before timing the next
 
 
+def cli(main, errors=()):
+    """Run a command's main(): a DataError, a missing file or one of `errors` is printed as one line naming its
+    culprit, without a traceback, and the process exits with status 1 (130 on a Ctrl-C outside a training loop)."""
+    try:
+        return main()
+    except (DataError, FileNotFoundError, *errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -811,4 +979,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

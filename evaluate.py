@@ -655,18 +655,17 @@ def load_finetuned(path, device="cpu", task=None):
     """A fine-tuned checkpoint written by finetune.py (best.pt): the encoder plus the task's head."""
     import vlm as vlm_module
     from finetune import TaskModel
-    if not os.path.exists(path):
-        raise SystemExit(f"{path}: no such checkpoint")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    from train import load_checkpoint, load_state_checked
+    ck = load_checkpoint(path, need=())
     if "task" not in ck:
         raise SystemExit(f"{path}: not a fine-tuned checkpoint (no 'task' key); for zero-shot use --zero_shot")
     if task and ck["task"] != task:
         raise SystemExit(f"{path}: a {ck['task']} checkpoint, but --task is {task}")
     model = TaskModel(vlm_module.VLM(vlm_module.VLMConfig(**ck["model_config"])), ck["num_classes"])
     model.cosine = ck.get("temperature", 0.0) > 0  # trained on cosine logits: rank by cosine too
-    model.vlm.load_state_dict(ck["model"])
+    load_state_checked(model.vlm, ck["model"], path)
     if model.head is not None:
-        model.head.load_state_dict(ck["head"])
+        load_state_checked(model.head, ck["head"], path)
     if ck.get("tokenizer"):
         from tokenizers import Tokenizer
         model.tokenizer = Tokenizer.from_str(ck["tokenizer"])
@@ -976,7 +975,7 @@ def results_table(results):
 def main(argv=None):
     import argparse
     import vlm as vlm_module
-    from train import amp_setup, load_trained, trained_tokenizer
+    from train import amp_setup, flag_type, load_trained, trained_tokenizer
     p = argparse.ArgumentParser(description="Evaluate a checkpoint on one downstream task (paper metrics).")
     p.add_argument("--task", choices=list(SELECT), help="downstream task")
     p.add_argument("--diagnose", action="store_true", help="print how collapsed a pre-trained model's video "
@@ -989,7 +988,7 @@ def main(argv=None):
     p.add_argument("--split", default="test", choices=["val", "test"], help="split to evaluate")
     p.add_argument("--zero_shot", action="store_true", help="retrieval / localization straight from pre-training")
     p.add_argument("--tokenizer", default="", help="tokenizer directory (default: the pre-trained model's or --data)")
-    p.add_argument("--show", type=int, default=0, help="print this many worked examples (paper Tables 10-11)")
+    p.add_argument("--show", type=flag_type("show", int, 0), default=0, help="print this many worked examples (paper Tables 10-11)")
     p.add_argument("--out", default="", help="JSON file for the metrics (default: beside the checkpoint)")
     p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto")
     a = p.parse_args(argv)
@@ -1001,7 +1000,8 @@ def main(argv=None):
         return d
     if a.probe:
         model = load_trained(a.ckpt).to(device).eval()
-        tok = vlm_module.load_tokenizer(a.tokenizer) if a.tokenizer else trained_tokenizer(a.ckpt, a.data)
+        tok = (vlm_module.load_tokenizer(a.tokenizer) if a.tokenizer
+               else trained_tokenizer(a.ckpt, a.data, model.config))
         return grounding_probes(model, a.data, tok, device, ctx)
     if not a.task:
         p.error("--task is required (or --diagnose, --probe)")
@@ -1017,7 +1017,7 @@ def main(argv=None):
     elif getattr(model, "tokenizer", None) is not None:  # fine-tuned checkpoints carry their tokenizer
         tok = model.tokenizer
     else:
-        tok = trained_tokenizer(a.ckpt, a.data)
+        tok = trained_tokenizer(a.ckpt, a.data, getattr(model, "vlm", model).config)
     if tok.get_vocab_size() != getattr(model, "vlm", model).config.vocab_size:
         raise SystemExit(f"the tokenizer has {tok.get_vocab_size()} entries, the checkpoint's embeddings "
                          f"{getattr(model, 'vlm', model).config.vocab_size}: pass --tokenizer DIR")
@@ -1038,4 +1038,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from data import cli
+    from train import CheckpointError
+    cli(main, errors=(CheckpointError,))

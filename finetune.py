@@ -33,6 +33,7 @@ from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
 from train import (Objective, StopFlag, amp_setup, any_rank, atomic_save, ensure_world, load_trained, lr_at,
                    make_optimizer, optimizer_step, parse_config, setup_distributed, to_device, trained_tokenizer,
                    wrap_ddp)
+from train import RANGES, CheckpointError, exit_if_stopped, load_checkpoint, load_state_checked
 
 TASKS = ("retrieval", "qa", "segmentation", "localization", "captioning")
 # default passes over each task's training set on the built-in world (--epochs overrides)
@@ -228,7 +229,7 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
         with torch.no_grad():  # the init pre-training starts from (train.build_model), not BERT's 0.02
             base.bert.wte.weight.normal_(0.0, cfg.scratch_word_init)
             base.bert.wte.weight[base.config.pad_token_id].zero_()
-    tok = trained_tokenizer(cfg.init, cfg.data)
+    tok = trained_tokenizer(cfg.init, cfg.data, base.config)
     mc = base.config
 
     extra, num_classes, trunc = None, 0, 0
@@ -263,11 +264,14 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
 
     ckpt_path, best_path = os.path.join(out, "ckpt.pt"), os.path.join(out, "best.pt")
     start_epoch, best, step = 0, -float("inf"), 0
+    start_batch, rng_resume = 0, None
     if cfg.resume and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
+        ck = load_checkpoint(ckpt_path, need=("model", "optimizer", "epoch", "best", "step"))
+        load_state_checked(model, ck["model"], ckpt_path)
         optimizer.load_state_dict(ck["optimizer"])
         start_epoch, best, step = ck["epoch"] + 1, ck["best"], ck["step"]
+        if ck.get("next_batch"):  # stopped inside an epoch: go on at its next batch
+            start_epoch, start_batch, rng_resume = ck["epoch"], ck["next_batch"], ck["rng"]
     log = open(os.path.join(out, "log.jsonl"), "a") if master else None
     stop = StopFlag()
 
@@ -279,15 +283,26 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
     t0 = time.time()
     for epoch in range(start_epoch, epochs):
         rng = np.random.default_rng([cfg.seed, epoch, rank])
+        if rng_resume is not None and epoch == start_epoch:
+            rng.bit_generator.state, torch_state = rng_resume[rank] if rank < len(rng_resume) else rng_resume[0]
+            torch.set_rng_state(torch_state)
         losses = []
-        for idx in batch_order(len(train_ex), cfg.batch_size, epoch, cfg.seed, rank, world):
+        order = batch_order(len(train_ex), cfg.batch_size, epoch, cfg.seed, rank, world)
+        for b in range(start_batch if epoch == start_epoch else 0, len(order)):
             lr = lr_at(step, cfg.lr, warmup, total)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            batch = to_device(make_batch(task, [train_ex[i] for i in idx], rng, mc, extra), device)
+            batch = to_device(make_batch(task, [train_ex[i] for i in order[b]], rng, mc, extra), device)
             loss, _, finite = optimizer_step(objective, [batch], optimizer, scaler, ctx, cfg.grad_clip, ddp)
             losses.append(loss)
             step += 1
+            if b + 1 < len(order) and any_rank(stop.stop, ddp, device):  # honoured at the next step
+                save_inside_epoch(model, optimizer, epoch, b + 1, best, step, rng, ckpt_path, dist_state)
+                if master:
+                    print(f"stopped: {ckpt_path} saved at step {step} (epoch {epoch}, batch {b + 1}); "
+                          f"continue with --resume")
+                    log.close()
+                return None
         # model selection on the validation split (evaluate.py's runner for this task)
         if master:
             model.eval()
@@ -324,6 +339,18 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
     return result
 
 
+def save_inside_epoch(model, optimizer, epoch, next_batch, best, step, rng, ckpt_path, dist_state):
+    """The resumable state after a stop inside an epoch: weights, optimizer, position, every rank's caption RNG."""
+    ddp, rank, world, _ = dist_state
+    states = [(rng.bit_generator.state, torch.get_rng_state())]  # captions drawn, dropout
+    if ddp:
+        states = [None] * world
+        torch.distributed.all_gather_object(states, states[0])
+    if rank == 0:
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "next_batch": next_batch, "best": best, "step": step, "rng": states}, ckpt_path)
+
+
 def run_all(cfg, dist_state):
     """Every task fine-tuned from the pre-trained model and from scratch, the zero-shot rows, the trivial
     baselines, then one results table (OUT/results.md and OUT/results.json)."""
@@ -340,6 +367,16 @@ def run_all(cfg, dist_state):
             for task, ds in jobs:
                 key = f"retrieval-{ds}" if task == "retrieval" else task
                 runs.setdefault(key, []).append(run(c, task, dist_state, dataset=ds))
+                if StopFlag().stop:  # Ctrl-C / SIGTERM: no further task, and no table that looks complete
+                    results[row] = {k: v[-1] for k, v in runs.items()}
+                    keys = [(r, f"retrieval-{d}" if t == "retrieval" else t) for r in ("pretrained", "scratch")
+                            for t, d in jobs]
+                    done = [f"{r}/{k}" for r, k in keys if results[r].get(k) is not None]
+                    missing = [f"{r}/{k}" for r, k in keys if results[r].get(k) is None]
+                    if dist_state[1] == 0:
+                        print(f"stopped: results.md / results.json not written; done: {', '.join(done) or 'none'}; "
+                              f"missing: {', '.join(missing)}. Rerun with --resume to go on.")
+                    return None
         if dist_state[1] == 0:
             results[row], spread = seed_mean(runs)
             if len(seeds) > 1:
@@ -349,8 +386,8 @@ def run_all(cfg, dist_state):
     import vlm as vlm_module
     device = dist_state[3]
     _, ctx, _ = amp_setup(cfg.dtype, device)
-    tok = trained_tokenizer(cfg.init, cfg.data)
     model = load_trained(cfg.init).to(device).eval()
+    tok = trained_tokenizer(cfg.init, cfg.data, model.config)
     results["zero_shot"] = {  # paper Table 5, first VLM row: straight from pre-training
         "retrieval-msrvtt": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "msrvtt", device, ctx),
         "retrieval-youcook2": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "youcook2", device, ctx),
@@ -387,15 +424,17 @@ def seed_mean(runs):
 
 
 def main(argv=None):
-    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0])
+    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0],
+                       ranges={**RANGES, "epochs": (0, None)})  # here --epochs 0 = the task's default
     if cfg.task not in TASKS + ("all",):
         raise SystemExit(f"--task {cfg.task!r}: choose one of {', '.join(TASKS + ('all',))}")
+    StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
     dist_state = setup_distributed()
     ensure_world(cfg.data, cfg.synth_size, cfg.seed, dist_state[1] == 0, dist_state[0])
-    if cfg.task == "all":
-        return run_all(cfg, dist_state)
-    return run(cfg, cfg.task, dist_state)
+    result = run_all(cfg, dist_state) if cfg.task == "all" else run(cfg, cfg.task, dist_state)
+    exit_if_stopped()
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    data.cli(main, errors=(CheckpointError,))

@@ -19,10 +19,13 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import os
+import shutil
 import signal
 import sys
 import time
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -74,6 +77,7 @@ class TrainConfig:
     stop_after: int = 0  # save and exit after this many steps, as if interrupted (0 = never); --resume goes on
     seed: int = 0  # random seed (offset by rank for dropout; data order is shared and sharded)
     max_bad_steps: int = 8  # stop after this many non-finite steps in a row
+    cache_dir: str = ""  # derived files (the token cache); empty = OUT/cache. Nothing is written into --data
     probe: bool = True  # print the zero-shot grounding probes at the end (evaluate.grounding_probes)
 
 
@@ -81,6 +85,35 @@ PRESETS = {
     # sec. 5.2: bert-base, 8 videos x 32 clips per GPU, Adam (0.9, 0.98), lr 5e-5, 1000 warm-up, 15 epochs
     "paper": dict(batch_videos=8, clips_per_video=32, lr=5e-5, warmup=1000, epochs=15, grad_clip=2.0),
 }
+
+
+# valid range of each numeric flag, checked where it is parsed: (low, high, low excluded)
+RANGES = dict(layers=(1, None), hidden=(1, None), heads=(1, None), word_init=(0, None), max_steps=(0, None),
+              epochs=(1, None), batch_videos=(1, None), clips_per_video=(1, None), grad_accum=(1, None),
+              num_workers=(0, None), lr=(0, None, True), warmup=(0, None), beta2=(0, 1, True), grad_clip=(0, None),
+              mmm_prob=(0, 1), min_text_len=(1, None), max_text_len=(1, None), log_every=(1, None),
+              eval_every=(0, None), eval_batches=(1, None), ckpt_every=(1, None), stop_after=(0, None),
+              max_bad_steps=(1, None), batch_size=(1, None))
+
+
+def flag_type(name, typ, low=None, high=None, low_excluded=False):
+    """An argparse type for --name: a `typ` in [low, high] (low excluded if asked); the error names the range."""
+    kind = "an integer" if typ is int else "a number"
+    want = " and ".join(([f"> {low}" if low_excluded else f">= {low}"] if low is not None else []) +
+                        ([f"<= {high}"] if high is not None else []))
+
+    def parse(text):
+        try:
+            x = typ(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} must be {kind}, got {text!r}") from None
+        if (typ is float and not math.isfinite(x)) or (low is not None and (x < low or (low_excluded and x == low))) \
+                or (high is not None and x > high):
+            raise argparse.ArgumentTypeError(f"--{name} must be {kind} {want}, got {text}")
+        return x
+
+    parse.__name__ = typ.__name__
+    return parse
 
 
 def field_help(cls):
@@ -93,9 +126,10 @@ def field_help(cls):
     return helps
 
 
-def parse_config(cls, argv=None, presets=None, description=""):
-    """argparse over the fields of a config dataclass; a --preset (if any) changes defaults, flags win."""
-    helps = field_help(cls)
+def parse_config(cls, argv=None, presets=None, description="", ranges=None):
+    """argparse over the fields of a config dataclass; a --preset (if any) changes defaults, flags win.
+    Numeric flags named in `ranges` (default RANGES) are checked against their range as they are parsed."""
+    helps, ranges = field_help(cls), RANGES if ranges is None else ranges
 
     def build(defaults):
         p = argparse.ArgumentParser(description=description,
@@ -107,6 +141,8 @@ def parse_config(cls, argv=None, presets=None, description=""):
                                help=helps.get(f.name, ""))
             else:
                 typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+                if f.name in ranges and typ in (int, float):
+                    typ = flag_type(f.name, typ, *ranges[f.name])
                 p.add_argument(f"--{f.name}", type=typ, default=default, help=helps.get(f.name, ""))
         return p
 
@@ -172,19 +208,109 @@ def make_optimizer(model, lr, beta2, device):
     return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, beta2), eps=1e-8, fused=fused)
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read, written or used here; the message names the file and what is wrong."""
+
+
 def atomic_save(obj, path):
-    """torch.save to a temp file, fsync, rename: a kill at any moment leaves the previous file usable."""
+    """torch.save to a temp file, fsync, rename: a kill at any moment leaves the previous file usable. On any
+    failure (disk full, ...) the temp file is removed and the previous file is left as it was."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, Exception):  # OSError, or torch's RuntimeError from its zip writer
+            raise CheckpointError(f"{path}: could not write the checkpoint ({type(e).__name__}: {e}); the "
+                                  f"previous {os.path.basename(path)}, if any, is intact") from e
+        raise
     dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_model_dir(model, out_dir, tokenizer=None):
+    """VLM.save into a temp directory beside out_dir, then swap it in: a failure while writing leaves the
+    previous out_dir whole (the temp directory is removed)."""
+    tmp, old = f"{out_dir}.tmp.{os.getpid()}", f"{out_dir}.old.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save(tmp, tokenizer=tokenizer)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{out_dir}: could not write the model ({type(e).__name__}: {e}); the previous "
+                              f"{out_dir}, if any, is intact") from e
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _torch_file(path):
+    """torch.load of a file, or a CheckpointError saying why it is not a checkpoint (empty, truncated, other)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        why = ("an empty file" if not head else
+               "truncated (a zip archive without its end)" if head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+               else "not a PyTorch checkpoint (or damaged)")
+        raise CheckpointError(f"{path}: {why}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+
+
+def load_checkpoint(path, need=("model", "model_config")):
+    """Read a checkpoint of this project -> dict. `path` is a file written by torch.save (train.py's ckpt.pt,
+    finetune.py's best.pt / ckpt.pt) or a model directory written by VLM.save (config.json + model.pt, returned
+    as {"model_config", "model", "dir"}); a directory holding only ckpt.pt reads that. The one loader behind
+    --resume, --init, --init_from (for model directories) and evaluate.py --ckpt: every failure is a
+    CheckpointError naming the file (missing, empty, truncated, not a checkpoint, lacking a key in `need`)."""
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "model.pt")) \
+            and os.path.exists(os.path.join(path, "ckpt.pt")):
+        path = os.path.join(path, "ckpt.pt")
+    if os.path.isdir(path):
+        cfg_path, pt = os.path.join(path, "config.json"), os.path.join(path, "model.pt")
+        for p in (cfg_path, pt):
+            if not os.path.exists(p):
+                raise CheckpointError(f"{path}: not a model directory of this project: no {os.path.basename(p)}")
+        try:
+            with open(cfg_path) as f:
+                raw = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{cfg_path}: not valid JSON (truncated?): {e}") from None
+        ckpt = {"model_config": raw, "model": _torch_file(pt), "dir": path}
+    elif os.path.exists(path):
+        ckpt = _torch_file(path)
+    else:
+        raise CheckpointError(f"{path}: no such checkpoint (expected a model directory or a .pt file)")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in need):
+        got = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not a checkpoint of this project: needs keys {list(need)}, has {got}")
+    return ckpt
+
+
+def load_state_checked(module, sd, path, flags=None):
+    """module.load_state_dict(sd), or a CheckpointError naming the file, the first mismatched tensors and, from
+    `flags` {flag: (checkpoint value, current value)}, the command-line flags that differ."""
+    own = module.state_dict()
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd
+              and hasattr(sd[k], "shape") and sd[k].shape != own[k].shape]
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    if shapes or missing or unexpected:
+        parts = [f"{name} ({len(x)}): {', '.join(x[:3])}{', ...' if len(x) > 3 else ''}"
+                 for name, x in (("shape mismatches, checkpoint vs model", shapes), ("missing keys", missing),
+                                 ("unexpected keys", unexpected)) if x]
+        differ = [f"--{k} {a} in the checkpoint vs {b} now" for k, (a, b) in (flags or {}).items() if a != b]
+        raise CheckpointError(f"{path}: does not fit this model: " + "; ".join(parts) +
+                              (f"; it was written with {', '.join(differ)}" if differ else ""))
+    module.load_state_dict(sd)
 
 
 def rng_state(gen):
@@ -212,15 +338,30 @@ class Objective(nn.Module):
 
 
 class StopFlag:
-    """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint and exits at the next step boundary."""
+    """SIGTERM / Ctrl-C set one process-wide flag (every StopFlag() is the same object, so a later run in the same
+    process, as in finetune.py --task all, still sees it); the loops save a checkpoint and stop at the next step.
+    A second Ctrl-C raises KeyboardInterrupt at once."""
+    _instance = None
 
-    def __init__(self):
-        self.stop = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handler)
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+            cls._instance.stop, cls._instance.signum = False, None
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, cls._instance._handler)
+        return cls._instance
 
     def _handler(self, signum, frame):
-        self.stop = True
+        if self.stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop, self.signum = True, signum
+
+
+def exit_if_stopped():
+    """After a run stopped by SIGTERM / Ctrl-C: exit non-zero (128 + the signal number, the shell's convention)."""
+    flag = StopFlag._instance
+    if flag is not None and flag.stop:
+        raise SystemExit(128 + int(flag.signum or signal.SIGTERM))
 
 
 def any_rank(flag, ddp, device):
@@ -281,12 +422,17 @@ def bad_step_message(step, n_bad, dtype):
 
 
 def ensure_world(data_dir, size, seed, master, ddp):
-    """Build the built-in world on rank 0 if the data directory does not exist yet."""
+    """Build the built-in world on (global) rank 0 if the data directory does not exist yet, while the other
+    ranks wait; it is written under a temp name and renamed, so a killed build never looks like a world."""
     if master and not os.path.exists(data_dir):
         import world
         print(f"building the built-in world ({size}) in {data_dir} ...")
         t0 = time.time()
-        world.synth(data_dir, seed=seed, size=size)
+        final = os.path.abspath(data_dir)
+        tmp = f"{final}.tmp.{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        world.synth(tmp, seed=seed, size=size)
+        os.replace(tmp, final)
         print(f"built in {time.time() - t0:.1f}s")
     if ddp:
         dist.barrier()
@@ -296,7 +442,17 @@ def build_model(cfg, data_dir):
     """A BERT checkpoint (--init_from) or a small model from scratch with the data's own tokenizer."""
     import vlm
     if cfg.init_from:
-        return vlm.VLM.from_pretrained(cfg.init_from), vlm.load_tokenizer(cfg.init_from)
+        if not os.path.isdir(cfg.init_from):
+            raise CheckpointError(f"--init_from {cfg.init_from}: no such directory (a Hugging Face BERT directory)")
+        if os.path.exists(os.path.join(cfg.init_from, "model.pt")):  # a model directory of this project
+            return load_trained(cfg.init_from), vlm.load_tokenizer(cfg.init_from)
+        try:
+            return vlm.VLM.from_pretrained(cfg.init_from), vlm.load_tokenizer(cfg.init_from)
+        except CheckpointError:
+            raise
+        except Exception as e:  # a damaged weight file, config.json or tokenizer
+            raise CheckpointError(f"--init_from {cfg.init_from}: cannot load ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:300]})") from None
     tok = vlm.load_tokenizer(data_dir)
     ids = vlm.special_ids(tok)
     mcfg = vlm.VLMConfig(vocab_size=tok.get_vocab_size(), hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
@@ -315,31 +471,55 @@ def build_model(cfg, data_dir):
     return model, tok
 
 
-def trained_tokenizer(path, data_dir):
-    """The tokenizer saved with a model (its directory, or beside a ckpt.pt), else the data directory's."""
+def trained_tokenizer(path, data_dir, config=None):
+    """The tokenizer saved with a model (its directory, or beside a ckpt.pt), else the data directory's. The
+    data's tokenizer is taken only if it fits the model (`config`, a VLMConfig, or the model directory's
+    config.json): same vocabulary size and special token ids; otherwise a CheckpointError."""
     import vlm
     for d in (path if os.path.isdir(path) else os.path.dirname(path), os.path.join(os.path.dirname(path), "model"),
               data_dir):
         if any(os.path.exists(os.path.join(d, f)) for f in ("tokenizer.json", "vocab.txt")):
-            return vlm.load_tokenizer(d)
+            try:
+                tok = vlm.load_tokenizer(d)
+            except ValueError as e:  # a damaged tokenizer.json (the message names it)
+                raise CheckpointError(str(e)) from None
+            if d == data_dir:
+                _check_data_tokenizer(tok, path, data_dir, config)
+            return tok
     raise FileNotFoundError(f"no tokenizer.json or vocab.txt beside {path} or in {data_dir}")
 
 
-def load_trained(path):
-    """A model from a project checkpoint: a model directory (VLM.save) or a training ckpt.pt."""
+def _check_data_tokenizer(tok, path, data_dir, config):
     import vlm
-    if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, "ckpt.pt")) and not os.path.exists(os.path.join(path, "model.pt")):
-            path = os.path.join(path, "ckpt.pt")
-        else:
-            return vlm.VLM.load(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint (expected a model directory or a ckpt.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "model_config" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: not a checkpoint of this project (keys {sorted(ckpt)[:8]})")
-    model = vlm.VLM(vlm.VLMConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    if config is None and os.path.exists(os.path.join(path, "config.json")):
+        config = load_checkpoint(path)["model_config"]
+    if config is None:
+        return
+    c = config if isinstance(config, dict) else dataclasses.asdict(config)
+    ids = vlm.special_ids(tok)
+    have = {"vocab_size": tok.get_vocab_size(), **{f"{k}_token_id": v for k, v in ids.items()}}
+    bad = [f"{k} {c[k]} vs {v}" for k, v in have.items() if k in c and c[k] != v]
+    if bad:
+        raise CheckpointError(f"{path}: has no tokenizer, and the one in {data_dir} does not fit it (model vs "
+                              f"data: {', '.join(bad)}); put the model's tokenizer.json beside it")
+    print(f"note: {path} has no tokenizer; using {data_dir}'s (same size and special tokens)")
+
+
+def load_trained(path):
+    """A model from a project checkpoint: a model directory (VLM.save) or a training ckpt.pt (load_checkpoint)."""
+    import vlm
+    ckpt = load_checkpoint(path)
+    raw = ckpt["model_config"]
+    unknown = set(raw) - {f.name for f in dataclasses.fields(vlm.VLMConfig)}
+    if unknown:
+        raise CheckpointError(f"{path}: unknown model_config fields {sorted(unknown)} (not a vlm.py checkpoint?)")
+    model = vlm.VLM(vlm.VLMConfig(**raw))
+    load_state_checked(model, ckpt["model"], path)
+    if "dir" in ckpt:  # a model directory: remember (and check) its tokenizer, as VLM.load does
+        try:
+            vlm._attach_tokenizer(model, ckpt["dir"])
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     return model
 
 
@@ -368,6 +548,11 @@ def main(argv=None):
     cfg = parse_config(TrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0])
     if cfg.loss not in ("vlm", "mfm_mlm"):
         raise SystemExit(f"--loss {cfg.loss!r}: choose vlm or mfm_mlm")
+    if cfg.min_text_len > cfg.max_text_len:
+        raise SystemExit(f"--min_text_len {cfg.min_text_len} is above --max_text_len {cfg.max_text_len}")
+    if not cfg.init_from and cfg.hidden % cfg.heads:
+        raise SystemExit(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads}")
+    StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
     from data import PretrainData
     from losses import pretrain_loss
 
@@ -381,10 +566,17 @@ def main(argv=None):
 
     model, tok = build_model(cfg, cfg.data)
     model.to(device)
+    # derived files (the token cache) go under OUT, never into the data; rank 0 builds them while the others
+    # wait, then they read them (on nodes that do not share OUT each builds its own, under unique temp names)
+    cache_dir = cfg.cache_dir or os.path.join(cfg.out, "cache")
+    if ddp and not master:
+        dist.barrier()
     train_data = PretrainData(cfg.data, tok, split="train", clips_per_video=cfg.clips_per_video,
-                              min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed)
+                              min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed, cache_dir=cache_dir)
     val_data = PretrainData(cfg.data, tok, split="val", clips_per_video=cfg.clips_per_video,
-                            min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed)
+                            min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed, cache_dir=cache_dir)
+    if ddp and master:
+        dist.barrier()
     per_epoch = train_data.batches_per_epoch(cfg.batch_videos, world) // cfg.grad_accum
     if per_epoch == 0:
         raise SystemExit(f"{cfg.data}: {train_data.num_videos} training videos are too few for "
@@ -400,8 +592,10 @@ def main(argv=None):
     ckpt_path = os.path.join(cfg.out, "ckpt.pt")
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     if (cfg.resume or restarted) and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
+        ckpt = load_checkpoint(ckpt_path, need=("model", "optimizer", "scaler", "step", "n_skipped", "rng"))
+        old = ckpt.get("train_config", {})
+        flags = {k: (old[k], getattr(cfg, k)) for k in ("init_from", "layers", "hidden", "heads", "data") if k in old}
+        load_state_checked(model, ckpt["model"], ckpt_path, flags)
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         step, n_skipped = ckpt["step"], ckpt["n_skipped"]
@@ -498,7 +692,7 @@ def main(argv=None):
         bar.close()
         log.close()
         model_dir = os.path.join(cfg.out, "model")
-        raw_model.save(model_dir, tokenizer=tok)
+        save_model_dir(raw_model, model_dir, tokenizer=tok)
         if step >= total:
             print(f"done: {step} steps, {n_skipped} skipped. checkpoint {ckpt_path}, model {model_dir}")
             print(f"next: python finetune.py --task all --init {model_dir} --data {cfg.data}")
@@ -509,8 +703,10 @@ def main(argv=None):
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
+    exit_if_stopped()
     return step
 
 
 if __name__ == "__main__":
-    main()
+    from data import cli
+    cli(main, errors=(CheckpointError,))

@@ -98,7 +98,10 @@ def load_tokenizer(path):
     from tokenizers.models import WordPiece
     tj, vt = os.path.join(path, "tokenizer.json"), os.path.join(path, "vocab.txt")
     if os.path.exists(tj):
-        tok = Tokenizer.from_file(tj)
+        try:
+            tok = Tokenizer.from_file(tj)
+        except Exception as e:  # truncated or not a tokenizers JSON file
+            raise ValueError(f"{tj}: cannot read the tokenizer: {e}") from None
         tok.no_padding()  # some tokenizer.json files pad/truncate to 128; callers pad and truncate (and count)
         tok.no_truncation()
         return tok
@@ -142,6 +145,7 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v = nn.Linear(H, H), nn.Linear(H, H), nn.Linear(H, H)
         self.proj = nn.Linear(H, H)
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.keep_probs, self.probs = False, None  # keep_probs: store the softmax weights of the last call
 
     def forward(self, x, mask, past=None):
         """x (B, T, H); mask bool broadcastable to (B, nh, T, Tk), True = may attend; past = cached (k, v)."""
@@ -150,9 +154,23 @@ class SelfAttention(nn.Module):
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
         if past is not None:  # decoding: the new position's keys/values join the cached ones
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)  # (B, nh, Tk, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
+        if self.keep_probs:  # attention maps asked for (Fig. 4): the explicit path, equal to SDPA (tested)
+            y, self.probs = explicit_attention(q, k, v, mask, self.p if self.training else 0.0)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
         return self.drop(self.proj(y)), (k, v)
+
+
+def explicit_attention(q, k, v, mask=None, dropout_p=0.0):
+    """softmax(q k^T / sqrt(hs), masked) v, as SDPA computes it, also returning the weights.
+    q (B, nh, T, hs), k and v (B, nh, Tk, hs), mask bool broadcastable to (B, nh, T, Tk), True = may attend.
+    -> (B, nh, T, hs), probabilities (B, nh, T, Tk) (before dropout)."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, T, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, -1)
+    return F.dropout(probs, dropout_p) @ v, probs
 
 
 class Layer(nn.Module):

@@ -593,4 +593,5 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0, help="random seed (same seed + size => same bytes)")
     ap.add_argument("--size", default="default", choices=sorted(SIZES), help="tiny (tests) or default (quick start)")
     args = ap.parse_args()
-    print(json.dumps(synth(args.out, args.seed, args.size)["counts"]))
+    from data import cli
+    cli(lambda: print(json.dumps(synth(args.out, args.seed, args.size)["counts"])), errors=(FileExistsError,))

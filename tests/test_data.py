@@ -252,14 +252,15 @@ def howto_world(root, n_videos=12, T=300, gap=3.0, seed=0, extra=None):
 
 def test_token_cache_keyed_by_tokenizer(tmp_path):
     howto_world(tmp_path, n_videos=2, T=20)
-    path = str(tmp_path / "howto100m" / "raw_caption.json")
+    path, cache = str(tmp_path / "howto100m" / "raw_caption.json"), tmp_path / "cache"
     t1, t2 = make_tok(), make_tok(list(reversed(WORDS)))
-    c1 = data.token_cache(path, t1)
-    assert len([f for f in os.listdir(tmp_path / "howto100m") if f.startswith("tokens-")]) == 1
-    c1b = data.token_cache(path, t1)    # from the cache
+    c1 = data.token_cache(path, t1, str(cache))
+    assert len([f for f in os.listdir(cache) if f.startswith("tokens-")]) == 1
+    c1b = data.token_cache(path, t1, str(cache))    # from the cache
     assert np.array_equal(c1["ids"], c1b["ids"])
-    c2 = data.token_cache(path, t2)
-    assert len([f for f in os.listdir(tmp_path / "howto100m") if f.startswith("tokens-") and f.endswith(".npz")]) == 2
+    c2 = data.token_cache(path, t2, str(cache))
+    assert len([f for f in os.listdir(cache) if f.startswith("tokens-") and f.endswith(".npz")]) == 2
+    assert not [f for f in os.listdir(tmp_path / "howto100m") if f.startswith("tokens-")]  # never in the dataset
     assert not np.array_equal(c1["ids"], c2["ids"]) and np.array_equal(c1["tok_off"], c2["tok_off"])
     caps = json.load(open(path))
     first = t1.encode(caps["v0"]["text"][0], add_special_tokens=False).ids

@@ -112,7 +112,7 @@ def test_bad_checkpoints_and_data_are_refused(tiny_world, pretrained, tmp_path):
         evaluate.load_finetuned(best, task="captioning")
     with pytest.raises(SystemExit, match="not a fine-tuned checkpoint"):
         evaluate.load_finetuned(os.path.join(os.path.dirname(pretrained), "ckpt.pt"))
-    with pytest.raises(SystemExit, match="no such checkpoint"):
+    with pytest.raises(train.CheckpointError, match="no such checkpoint"):
         evaluate.load_finetuned(str(tmp_path / "missing.pt"))
     # a segmentation checkpoint with the wrong number of classes for the data
     model = evaluate.load_finetuned(best)

@@ -23,7 +23,7 @@ def test_scratch_row_word_embeddings_start_at_the_pre_training_scale(tiny_world,
     cfg = vlm_module.VLMConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=1,
                                num_attention_heads=2, intermediate_size=64, **ids)
     monkeypatch.setattr(finetune, "load_trained", lambda path: vlm_module.VLM(cfg))
-    monkeypatch.setattr(finetune, "trained_tokenizer", lambda path, d: tok)
+    monkeypatch.setattr(finetune, "trained_tokenizer", lambda path, d, config=None: tok)
     seen = []
 
     def spy(model, num_classes=0):

@@ -94,7 +94,7 @@ def test_crosstask_segment_starting_past_the_features_is_empty(tmp_path, capsys)
     assert np.flatnonzero(y[:, 0]).tolist() == [1, 2, 3]
     assert np.flatnonzero(y[:, 1]).tolist() == [19]  # clipped at the end
     assert y[:, 2].sum() == 0  # empty, not clamped to second 19
-    assert "1 segments starting past the features, left empty" in capsys.readouterr().out
+    assert "1 segments starting past the features, left empty (e.g. v1)" in capsys.readouterr().out
 
 
 def test_zero_shot_localization_equals_a_loop_over_released_windows(tiny_world):
