@@ -20,7 +20,7 @@ results table of `finetune.py --task all`, and the command line:
   python evaluate.py --task captioning --ckpt out/finetune/captioning/best.pt --show 5
   python evaluate.py --probe --ckpt out/pretrain/model          # zero-shot grounding probes
 
-Tests: python -m pytest -q tests/test_metrics.py tests/test_finetune.py
+Tests: python -m pytest -q tests/test_metrics.py tests/test_finetune.py tests/test_released_eval.py tests/test_probes.py
 """
 import importlib.util
 import math
