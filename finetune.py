@@ -425,7 +425,10 @@ def seed_mean(runs):
 
 def main(argv=None):
     cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0],
-                       ranges={**RANGES, "epochs": (0, None)})  # here --epochs 0 = the task's default
+                       ranges={**RANGES, "epochs": (0, None), "temperature": (0, None),
+                               "scratch_word_init": (0, None)})  # here --epochs 0 = the task's default
+    if cfg.seeds and not all(x.strip().isdigit() for x in cfg.seeds.split(",")):
+        raise SystemExit(f"--seeds {cfg.seeds!r}: give comma-separated non-negative integers, e.g. 0,1,2")
     if cfg.task not in TASKS + ("all",):
         raise SystemExit(f"--task {cfg.task!r}: choose one of {', '.join(TASKS + ('all',))}")
     StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)

@@ -98,3 +98,11 @@ def test_a_cosine_trained_model_is_ranked_by_cosine(tiny_world):
     cos = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(v, dim=-1).T
     got = evaluate.run_task("retrieval", model, tiny_world, "test", tok, dataset="msrvtt")
     assert got == pytest.approx(evaluate.retrieval_metrics(cos.numpy()))
+
+
+def test_bad_recipe_flags_are_refused(capsys):
+    with pytest.raises(SystemExit, match="--seeds '0,x'"):
+        finetune.main(["--task", "all", "--seeds", "0,x"])
+    with pytest.raises(SystemExit):
+        finetune.main(["--task", "qa", "--temperature", "-1"])
+    assert "--temperature must be a number >= 0" in capsys.readouterr().err
