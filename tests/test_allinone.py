@@ -1,0 +1,151 @@
+"""All-in-One frames model: temporal token rolling cell by cell, no rolling in unimodal passes, the joint pass
+against a hand-built reference, checkpoints.
+
+    python -m pytest -q tests/test_allinone.py
+"""
+import torch
+import torch.nn.functional as F
+
+import allinone
+from allinone import AllInOne, AllInOneConfig, roll_tokens
+
+
+def tiny_cfg(**kw):
+    base = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2,
+                cls_token_id=2, sep_token_id=3, mask_token_id=4, frame_size=16, patch_size=4, num_frames=4)
+    return AllInOneConfig(**{**base, **kw})
+
+
+def batch(B=2, T=4, S=16, Lt=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (B, T, 3, S, S), generator=g, dtype=torch.uint8)
+    ids = torch.randint(5, 60, (B, Lt), generator=g)
+    mask = torch.ones(B, Lt, dtype=torch.bool)
+    mask[1, 3:] = False  # padded text
+    return frames, ids, mask
+
+
+def test_roll_tokens_cell_by_cell_against_a_loop():
+    B, T, N, H = 2, 4, 17, 3
+    x = torch.arange(B * T * N * H, dtype=torch.float32).view(B, T, N, H)  # every cell distinct
+    fold = N // 8  # 2
+    out = roll_tokens(x, fold)
+    for b in range(B):
+        for t in range(T):
+            for n in range(N):
+                if n == 0:
+                    src = t  # the frame's CLS stays
+                elif n <= fold:
+                    src = t - 1 if t > 0 else T - 1  # from the previous frame, circular
+                elif n >= N - fold:
+                    src = t + 1 if t < T - 1 else 0  # from the next frame, circular
+                else:
+                    src = t
+                assert torch.equal(out[b, t, n], x[b, src, n]), (b, t, n)
+    # the circular ends and the fold slots, spelled out
+    assert torch.equal(out[:, 0, 1:3], x[:, 3, 1:3]) and torch.equal(out[:, 3, 15:], x[:, 0, 15:])
+    assert torch.equal(out[:, :, 3:15], x[:, :, 3:15]) and torch.equal(out[:, :, 0], x[:, :, 0])
+    assert torch.equal(roll_tokens(x, 0), x)
+    assert torch.equal(roll_tokens(x[:, :1], fold), x[:, :1])  # one frame: nothing to exchange
+
+
+def test_unimodal_passes_do_not_roll(monkeypatch):
+    torch.manual_seed(0)
+    m = AllInOne(tiny_cfg()).eval()
+    frames, ids, mask = batch()
+    calls = []
+    real = allinone.roll_tokens
+    monkeypatch.setattr(allinone, "roll_tokens", lambda x, fold: calls.append(fold) or real(x, fold))
+    with torch.no_grad():
+        h = m.video_states(frames)
+        m.encode_text(ids, mask)
+        assert calls == []
+        m(frames, ids, mask)
+    assert calls == [2, 2]  # once before each of the 2 layers, fold = 17 // 8
+    # a video-only pass treats every frame alone: changing frame 1 leaves frame 0's states unchanged
+    other = frames.clone()
+    other[:, 1] = 255 - other[:, 1]
+    with torch.no_grad():
+        h2 = m.video_states(other)
+    assert torch.allclose(h[:, 0], h2[:, 0], atol=1e-6) and not torch.allclose(h[:, 1], h2[:, 1], atol=1e-3)
+
+
+def reference_joint(m, frames, ids, mask, roll=True):
+    """The joint pass built by hand from the model's weights and its Bert layers (not its forward)."""
+    cfg, bert = m.config, m.bert
+    B, T, _, S, _ = frames.shape
+    P, H = cfg.patch_size, cfg.hidden_size
+    # text row: [CLS] w [SEP] [PAD], word + position + type 0, LayerNorm
+    n = mask.sum(1).tolist()
+    L = ids.shape[1] + 2
+    tid = torch.full((B, L), cfg.pad_token_id)
+    for b in range(B):
+        tid[b, 0], tid[b, 1:1 + n[b]], tid[b, 1 + n[b]] = cfg.cls_token_id, ids[b, :n[b]], cfg.sep_token_id
+    t = bert.ln_emb(bert.wte(tid) + bert.wpe.weight[:L] + bert.wtt.weight[0])  # (B, L, H)
+    # frame tokens: patches as a matmul with the convolution's weight, CLS, spatial + temporal, type 1
+    x = frames.float() / 255 * 2 - 1
+    patches = x.unfold(3, P, P).unfold(4, P, P)  # (B, T, 3, S/P, S/P, P, P)
+    patches = patches.permute(0, 1, 3, 4, 2, 5, 6).reshape(B, T, (S // P) ** 2, 3 * P * P)
+    emb = patches @ m.frames.conv.weight.reshape(H, -1).T + m.frames.conv.bias
+    emb = torch.cat([m.frames.cls.expand(B, T, 1, H), emb], 2) + m.frames.pos[0] + m.frames.temporal[:T]
+    v = bert.ln_emb(emb + bert.wtt.weight[1])  # (B, T, N, H)
+    N = v.shape[2]
+    keys = torch.cat([torch.arange(L)[None] < (torch.tensor(n) + 2)[:, None], torch.ones(B, N, dtype=torch.bool)], 1)
+    rows = torch.cat([t[:, None].expand(B, T, L, H), v], 2)  # (B, T, L+N, H)
+    fold = N // 8
+    for layer in bert.layers:
+        if roll:
+            r = rows.clone()
+            for tt in range(T):
+                r[:, tt, L + 1:L + 1 + fold] = rows[:, (tt - 1) % T, L + 1:L + 1 + fold]
+                r[:, tt, L + N - fold:] = rows[:, (tt + 1) % T, L + N - fold:]
+            rows = r
+        out = [layer(rows[:, tt], keys[:, None, None, :])[0] for tt in range(T)]
+        rows = torch.stack(out, 1)
+    return rows.mean(1)
+
+
+def test_joint_pass_equals_hand_rolled_reference_and_rolling_matters():
+    torch.manual_seed(0)
+    m = AllInOne(tiny_cfg()).eval()
+    frames, ids, mask = batch()
+    with torch.no_grad():
+        h = m(frames, ids, mask)
+        h_off = m(frames, ids, mask, roll=False)
+        ref = reference_joint(m, frames, ids, mask)
+        ref_off = reference_joint(m, frames, ids, mask, roll=False)
+    assert h.shape == (2, 5 + 2 + 17, 16)
+    assert torch.allclose(h, ref, atol=1e-5), (h - ref).abs().max()
+    assert torch.allclose(h_off, ref_off, atol=1e-5)
+    assert (h - h_off).abs().max() > 1e-2  # the frames do interact through the rolled slots
+    # without rolling, the text part of row t depends on frame t only: frame order does not matter
+    perm = frames[:, [2, 0, 3, 1]]
+    with torch.no_grad():
+        m.frames.temporal.zero_()
+        a, b = m(frames, ids, mask, roll=False), m(perm, ids, mask, roll=False)
+        c, d = m(frames, ids, mask), m(perm, ids, mask)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-5) and not torch.allclose(c[:, :7], d[:, :7], atol=1e-4)
+
+
+def test_checkpoint_round_trip_and_bert_loading(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+    torch.manual_seed(0)
+    hf = BertForMaskedLM(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=32, initializer_range=0.2)).eval()
+    hf.save_pretrained(tmp_path / "bert")
+    m = AllInOne.from_pretrained(str(tmp_path / "bert"), frame_size=16, patch_size=4, num_frames=4, cls_token_id=2,
+                                 sep_token_id=3, mask_token_id=4).eval()
+    assert torch.equal(m.bert.layers[1].fc2.weight, hf.bert.encoder.layer[1].output.dense.weight)
+    ids = torch.randint(5, 60, (2, 6))
+    with torch.no_grad():  # a text-only pass is BERT's own
+        ours = m.bert(F.pad(ids, (1, 1), value=3), None)
+        ref = hf.bert(F.pad(ids, (1, 1), value=3)).last_hidden_state
+    assert torch.allclose(ours, ref, atol=1e-5)
+    m.save(str(tmp_path / "saved"))
+    import vlm
+    back = vlm.VLM.load(str(tmp_path / "saved"))  # one checkpoint format: the config names the model kind
+    assert isinstance(back, AllInOne) and back.config == m.config
+    frames, t, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(back.eval()(frames, t, mask), m(frames, t, mask))
