@@ -64,6 +64,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (GPU)
     mmm_prob: float = 0.5  # share of examples masked as MMM (paper ablation: 0, 0.3, 0.5, 0.7)
     loss: str = "vlm"  # vlm (Eq. 8-9) | mfm_mlm (Eq. 5-7, the ablation baseline)
+    model: str = "vlm"  # vlm (S3D features) | allinone (raw frames, allinone.py: VTM + MLM on howto100m/videos)
+    frame_size: int = 32  # allinone: frame side S in pixels (real video: 224)
+    patch_size: int = 8  # allinone: patch side P, S / P patches a side (real video: 224 / 16)
+    num_frames: int = 3  # allinone: frames per clip T (paper: 8 in pre-training, 3 fine-tuning)
+    vtc: float = 0.0  # allinone: weight of the optional video-text contrastive loss (temperature 0.05)
     min_text_len: int = 8  # minimum text tokens per sampled clip (paper ablation: 16)
     max_text_len: int = 64  # maximum target text tokens per sampled clip
     log_every: int = 10  # steps between log lines
@@ -279,13 +284,13 @@ def bad_step_message(step, n_bad, dtype):
 # model and data set-up
 
 
-def ensure_world(data_dir, size, seed, master, ddp):
-    """Build the built-in world on rank 0 if the data directory does not exist yet."""
+def ensure_world(data_dir, size, seed, master, ddp, video=False):
+    """Build the built-in world on rank 0 if the data directory does not exist yet (video: with frames)."""
     if master and not os.path.exists(data_dir):
         import world
-        print(f"building the built-in world ({size}) in {data_dir} ...")
+        print(f"building the built-in world ({size}{', with video' if video else ''}) in {data_dir} ...")
         t0 = time.time()
-        world.synth(data_dir, seed=seed, size=size)
+        world.synth(data_dir, seed=seed, size=size, video=video)
         print(f"built in {time.time() - t0:.1f}s")
     if ddp:
         dist.barrier()
@@ -314,6 +319,22 @@ def build_model(cfg, data_dir):
     return model, tok
 
 
+def build_frames_model(cfg, data_dir):
+    """The All-in-One frames model (allinone.py): from a BERT checkpoint (--init_from) or from scratch."""
+    import allinone
+    import vlm
+    frame = dict(frame_size=cfg.frame_size, patch_size=cfg.patch_size, num_frames=cfg.num_frames)
+    if cfg.init_from:
+        return allinone.AllInOne.from_pretrained(cfg.init_from, **frame), vlm.load_tokenizer(cfg.init_from)
+    tok = vlm.load_tokenizer(data_dir)
+    ids = vlm.special_ids(tok)
+    mcfg = allinone.AllInOneConfig(vocab_size=tok.get_vocab_size(), hidden_size=cfg.hidden,
+                                   num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                                   intermediate_size=4 * cfg.hidden, cls_token_id=ids["cls"], sep_token_id=ids["sep"],
+                                   mask_token_id=ids["mask"], pad_token_id=ids["pad"], **frame)
+    return allinone.AllInOne(mcfg), tok
+
+
 def trained_tokenizer(path, data_dir):
     """The tokenizer saved with a model (its directory, or beside a ckpt.pt), else the data directory's."""
     import vlm
@@ -337,7 +358,8 @@ def load_trained(path):
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if "model_config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint of this project (keys {sorted(ckpt)[:8]})")
-    model = vlm.VLM(vlm.VLMConfig(**ckpt["model_config"]))
+    from allinone import model_from_config
+    model = model_from_config(ckpt["model_config"], path)  # VLM, or AllInOne when it records model="allinone"
     model.load_state_dict(ckpt["model"])
     return model
 
@@ -367,23 +389,33 @@ def main(argv=None):
     cfg = parse_config(TrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0])
     if cfg.loss not in ("vlm", "mfm_mlm"):
         raise SystemExit(f"--loss {cfg.loss!r}: choose vlm or mfm_mlm")
-    from data import PretrainData
-    from losses import pretrain_loss
+    if cfg.model not in ("vlm", "allinone"):
+        raise SystemExit(f"--model {cfg.model!r}: choose vlm or allinone")
+    from data import FramePretrainData, PretrainData
+    from losses import allinone_loss, pretrain_loss
 
     ddp, rank, world, device = setup_distributed()
     master = rank == 0
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
-    ensure_world(cfg.data, cfg.synth_size, cfg.seed, master, ddp)
+    frames = cfg.model == "allinone"
+    ensure_world(cfg.data, cfg.synth_size, cfg.seed, master, ddp, video=frames)
     os.makedirs(cfg.out, exist_ok=True)
     dtype, ctx, scaler = amp_setup(cfg.dtype, device)
 
-    model, tok = build_model(cfg, cfg.data)
+    model, tok = (build_frames_model if frames else build_model)(cfg, cfg.data)
     model.to(device)
-    train_data = PretrainData(cfg.data, tok, split="train", clips_per_video=cfg.clips_per_video,
-                              min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed)
-    val_data = PretrainData(cfg.data, tok, split="val", clips_per_video=cfg.clips_per_video,
-                            min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed)
+    if frames:  # raw frames from howto100m/videos; text at most max_text_len - 2 pieces ([CLS], [SEP])
+        mc = model.config
+        n_tok = min(cfg.max_text_len, mc.max_text_len - 2)
+        kw = dict(clips_per_video=cfg.clips_per_video, min_text=min(cfg.min_text_len, n_tok), max_text=n_tok,
+                  seed=cfg.seed, num_frames=mc.num_frames, frame_size=mc.frame_size, max_tokens=n_tok)
+        train_data, val_data = (FramePretrainData(cfg.data, tok, split=s, **kw) for s in ("train", "val"))
+    else:
+        train_data = PretrainData(cfg.data, tok, split="train", clips_per_video=cfg.clips_per_video,
+                                  min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed)
+        val_data = PretrainData(cfg.data, tok, split="val", clips_per_video=cfg.clips_per_video,
+                                min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed)
     per_epoch = train_data.batches_per_epoch(cfg.batch_videos, world) // cfg.grad_accum
     if per_epoch == 0:
         raise SystemExit(f"{cfg.data}: {train_data.num_videos} training videos are too few for "
@@ -393,6 +425,8 @@ def main(argv=None):
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)  # masking draws
 
     def loss_fn(m, batch, g):
+        if frames:  # All-in-One: VTM + MLM (+ VTC)
+            return allinone_loss(m, batch, g, vtc=cfg.vtc)
         return pretrain_loss(m, batch, g, loss=cfg.loss, mmm_prob=cfg.mmm_prob)
 
     step, n_skipped, bad_in_row = 0, 0, 0
