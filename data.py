@@ -364,10 +364,11 @@ def _youcook(data_dir, split):
     return segs, store
 
 
-def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k"):
+def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k", videos=False):
     """-> (records {"video_id", "start", "end", "texts"}, store). MSR-VTT: train = the 9k (or 7k) list minus a
     fixed 10% val carve, all captions per video; val / test (JSFusion) one caption each. YouCook2: one record per
-    segment; train / val carved from `training`, test = `validation`."""
+    segment; train / val carved from `training`, test = `validation`. videos=True: the store is msrvtt/videos
+    (VideoStore, raw frames) instead of the features."""
     if dataset == "youcook2":
         segs, store = _youcook(data_dir, split)
         return [{"video_id": s["video_id"], "start": s["start"], "end": s["end"], "texts": [s["text"]]}
@@ -375,7 +376,7 @@ def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k"):
     if dataset != "msrvtt":
         raise ValueError(f"unknown retrieval dataset {dataset!r} (msrvtt, youcook2)")
     d, counts = _dataset_dir(data_dir, "msrvtt"), _counts()
-    store = open_features(os.path.join(d, "feats"))
+    store = VideoStore(os.path.join(d, "videos")) if videos else open_features(os.path.join(d, "feats"))
     if split == "test":
         path = os.path.join(d, "MSRVTT_JSFUSION_test.csv")
         rows = read_jsfusion(path)
@@ -398,10 +399,12 @@ def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k"):
     return recs, store
 
 
-def load_mc(data_dir):
-    """MSR-VTT multiple choice -> (records {"video_id", "candidates": [5 str], "answer": int}, store)."""
+def load_mc(data_dir, videos=False):
+    """MSR-VTT multiple choice -> (records {"video_id", "candidates": [5 str], "answer": int}, store).
+    videos=True: the store is msrvtt/videos (raw frames)."""
     d, counts = _dataset_dir(data_dir, "msrvtt"), _counts()
-    path, store = os.path.join(d, "MSR_MC_test.csv"), open_features(os.path.join(d, "feats"))
+    path = os.path.join(d, "MSR_MC_test.csv")
+    store = VideoStore(os.path.join(d, "videos")) if videos else open_features(os.path.join(d, "feats"))
     rows = read_mc(path)
     kept = set(_keep([r["video_id"] for r in rows], store, path, counts))
     store.report = _report("msrvtt/mc", counts)

@@ -149,3 +149,121 @@ def test_checkpoint_round_trip_and_bert_loading(tmp_path):
     frames, t, mask = batch()
     with torch.no_grad():
         assert torch.equal(back.eval()(frames, t, mask), m(frames, t, mask))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# video files (PyAV) and the frames pipeline on a tiny rendered world
+
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import data  # noqa: E402
+
+
+def write_clip(path, frames, fps, codec):
+    """Encode frames (n, H, W, 3) uint8 with PyAV, independently of world.write_frames."""
+    av = pytest.importorskip("av")
+    with av.open(path, "w") as c:
+        st = c.add_stream(codec, rate=fps)
+        st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in st.encode():
+            c.mux(p)
+
+
+def test_read_video_round_trip_frames_size_and_values(tmp_path):
+    n, fps = 12, 4  # 3 s of video, frame k shows grey level 20 k
+    frames = np.stack([np.full((48, 64, 3), 20 * k, np.uint8) for k in range(n)])
+    frames[:, :, :8] = 255  # a white band at the left edge: the centre crop drops it
+    path = str(tmp_path / "clip.mkv")
+    write_clip(path, frames, fps, "mpeg4")
+    assert abs(data.video_duration(path) - 3.0) < 0.3
+    x = data.read_video(path, num_frames=3, size=32)  # middles of [0, 1), [1, 2), [2, 3) s: frames 2, 6, 10
+    assert x.shape == (3, 3, 32, 32) and x.dtype == torch.uint8
+    means = x.float().mean((1, 2, 3))
+    assert torch.allclose(means, torch.tensor([40.0, 120.0, 200.0]), atol=4), means  # within codec error
+    y = data.read_video(path, num_frames=2, size=32, start=1.0, end=2.0)  # times 1.25, 1.75: frames 5, 7
+    assert torch.allclose(y.float().mean((1, 2, 3)), torch.tensor([100.0, 140.0]), atol=4)
+    # training draws a random time per segment: always inside its segment
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        t = data.sample_times(0.0, 3.0, 3, True, rng)
+        assert all(k <= tk < k + 1 for k, tk in enumerate(t))
+
+
+def test_resize_crop_by_hand():
+    a = np.arange(4 * 8 * 3, dtype=np.uint8).reshape(1, 4, 8, 3)  # short side already 4: crop columns 2..5
+    out = data.resize_crop(a, 4)
+    assert out.shape == (1, 3, 4, 4) and torch.equal(out[0], torch.from_numpy(a[0, :, 2:6]).permute(2, 0, 1))
+    flat = np.full((2, 30, 50, 3), 77, np.uint8)
+    assert torch.equal(data.resize_crop(flat, 10), torch.full((2, 3, 10, 10), 77, dtype=torch.uint8))
+
+
+def test_bad_video_files_are_named(tmp_path, monkeypatch):
+    bad, empty = tmp_path / "bad.mp4", tmp_path / "empty.webm"
+    bad.write_bytes(b"not a video at all" * 50)
+    empty.write_bytes(b"")
+    for p in (bad, empty):
+        with pytest.raises(ValueError, match=str(p)):
+            data.read_video(str(p))
+    arr = tmp_path / "frames.npy"
+    np.save(arr, np.zeros((3, 8, 8), np.uint8))  # no colour axis
+    with pytest.raises(ValueError, match="frames.npy"):
+        data.read_video(str(arr), size=8)
+    monkeypatch.setitem(__import__("sys").modules, "av", None)  # PyAV missing: the message says how to install it
+    with pytest.raises(ImportError, match="pip install av"):
+        data.read_video(str(bad))
+
+
+def test_vtm_pairs_mismatch_other_videos_only():
+    from masking import vtm_pairs
+    g = torch.Generator().manual_seed(0)
+    groups = torch.arange(64) // 2  # two clips per video
+    idx, match = vtm_pairs(64, g, groups=groups)
+    neg = match == 0
+    assert torch.equal(idx[~neg], torch.arange(64)[~neg])
+    assert (groups[idx[neg]] != groups[neg]).all() and 20 < int(neg.sum()) < 44
+    idx, match = vtm_pairs(2, g, groups=torch.tensor([5, 5]))  # one video: nothing to mismatch with
+    assert match.tolist() == [1, 1] and idx.tolist() == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def video_world(tmp_path_factory):
+    import world
+    out = str(tmp_path_factory.mktemp("vworld") / "tiny")
+    world.synth(out, seed=0, size="tiny", video=True)
+    return out
+
+
+def test_world_video_keeps_the_features_and_draws_every_msrvtt_clip(video_world, tiny_world):
+    import world
+    import hashlib
+    for rel in ("howto100m/raw_caption.json", "msrvtt/MSRVTT_data.json", "msrvtt/feats/video3.npy"):
+        h = [hashlib.sha1(open(os.path.join(d, rel), "rb").read()).hexdigest() for d in (video_world, tiny_world)]
+        assert h[0] == h[1], rel  # drawing frames changes nothing the features model reads
+    store = data.VideoStore(os.path.join(video_world, "msrvtt", "videos"))
+    feats = data.open_features(os.path.join(video_world, "msrvtt", "feats"))
+    assert store.ids == feats.ids and all(store.length(v) == feats.length(v) for v in store.ids[:5])
+    w = world.World(np.random.default_rng([0, 0]), 4)
+    segs, T = world.timeline(np.random.default_rng(1), w.tasks[0].steps[:2])
+    a, b = (w.render_frames(np.random.default_rng(2), T, segs, w.tasks[0]) for _ in range(2))
+    assert a.shape == (T, 32, 32, 3) and np.array_equal(a, b)  # deterministic by seed
+
+
+def test_one_pretraining_step_and_one_finetuning_epoch(video_world, tmp_path):
+    import finetune
+    import train
+    pre = str(tmp_path / "pre")
+    args = ["--model", "allinone", "--data", video_world, "--out", pre, "--hidden", "32", "--heads", "2",
+            "--layers", "2", "--batch_videos", "4", "--max_text_len", "16", "--max_steps", "1", "--eval_every", "0"]
+    assert train.main(args) == 1
+    m = train.load_trained(os.path.join(pre, "ckpt.pt"))
+    assert isinstance(m, AllInOne) and m.config.frame_size == 32 and m.config.patch_size == 8
+    res = finetune.main(["--task", "qa", "--init", os.path.join(pre, "model"), "--data", video_world,
+                         "--out", str(tmp_path / "ft"), "--epochs", "1", "--batch_size", "8"])
+    assert 0.0 <= res["acc"] <= 100.0
+    assert os.path.exists(tmp_path / "ft" / "qa-frames" / "best.pt")
