@@ -967,7 +967,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.cmd == "synth":
         import world
-        world.synth(a.out, seed=a.seed, size=a.size, video=a.video, video_pretrain=a.video_pretrain)
+        video = dict(video=True, video_pretrain=a.video_pretrain) if a.video else {}
+        world.synth(a.out, seed=a.seed, size=a.size, **video)
     elif a.cmd == "pack":
         pack(a.features, a.out, a.split, a.videos_per_shard)
     elif a.cmd == "stats":

@@ -290,7 +290,7 @@ def ensure_world(data_dir, size, seed, master, ddp, video=False):
         import world
         print(f"building the built-in world ({size}{', with video' if video else ''}) in {data_dir} ...")
         t0 = time.time()
-        world.synth(data_dir, seed=seed, size=size, video=video)
+        world.synth(data_dir, seed=seed, size=size, **({"video": True} if video else {}))
         print(f"built in {time.time() - t0:.1f}s")
     if ddp:
         dist.barrier()
