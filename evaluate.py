@@ -634,15 +634,15 @@ def _text_batch(ids, pad_id):
 
 @torch.no_grad()
 def frames_similarity(model, frames, ids, device, ctx, batch_size=64):
-    """(N_text, N_video) cosine similarities of pooled text and video vectors (separate passes, no rolling)."""
+    """(N_text, N_video) dot products of pooled text and video vectors (separate passes, no rolling)."""
     v, t = [], []
     for sl in _batches(len(frames), batch_size):
         with ctx:
-            v.append(F.normalize(model.encode_video(frames[sl].to(device)).float(), dim=-1).cpu())
+            v.append(model.encode_video(frames[sl].to(device)).float().cpu())
     for sl in _batches(len(ids), 4 * batch_size):
         x, m = _text_batch(ids[sl], model.config.pad_token_id)
         with ctx:
-            t.append(F.normalize(model.encode_text(x.to(device), m.to(device)).float(), dim=-1).cpu())
+            t.append(model.encode_text(x.to(device), m.to(device)).float().cpu())
     return torch.cat(t) @ torch.cat(v).T
 
 

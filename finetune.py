@@ -28,7 +28,7 @@ import torch.nn as nn
 
 import data
 import evaluate
-from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss, vtc_loss
+from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
 from masking import vtm_pairs
 from train import (Objective, StopFlag, amp_setup, any_rank, atomic_save, ensure_world, load_trained, lr_at,
                    make_optimizer, optimizer_step, parse_config, setup_distributed, to_device, trained_tokenizer,
@@ -366,8 +366,8 @@ def frames_batch(exs, store, mc, rng):
 
 
 def frames_loss(task):
-    def retrieval(tm, b):  # VTC on pooled vectors of separate passes (temperature 0.05)
-        return vtc_loss(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"])), {}
+    def retrieval(tm, b):  # in-batch text -> video cross-entropy on pooled vectors of separate passes
+        return contrastive_loss(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"])), {}
 
     def qa(tm, b):  # VTM: does this caption match this video? (the multiple-choice answer scores highest)
         logits = tm.vlm.vtm_logits(b["frames"][b["pair"]], b["text_ids"], b["text_mask"])
