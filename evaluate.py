@@ -615,7 +615,7 @@ def run_captioning(vlm, data_dir, split, tok, device, ctx, show=0, batch_size=64
 
 
 # -----------------------------------------------------------------------------------------------------------
-# All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval from separate passes, multiple-choice QA by VTM
+# All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval and multiple-choice QA from separate passes
 
 
 def clip_frames(store, recs, cfg):
@@ -633,8 +633,8 @@ def _text_batch(ids, pad_id):
 
 
 @torch.no_grad()
-def frames_similarity(model, frames, ids, device, ctx, batch_size=64):
-    """(N_text, N_video) dot products of pooled text and video vectors (separate passes, no rolling)."""
+def frames_vectors(model, frames, ids, device, ctx, batch_size=64):
+    """Pooled text (N_text, H) and video (N_video, H) vectors from separate passes (no rolling)."""
     v, t = [], []
     for sl in _batches(len(frames), batch_size):
         with ctx:
@@ -643,19 +643,7 @@ def frames_similarity(model, frames, ids, device, ctx, batch_size=64):
         x, m = _text_batch(ids[sl], model.config.pad_token_id)
         with ctx:
             t.append(model.encode_text(x.to(device), m.to(device)).float().cpu())
-    return torch.cat(t) @ torch.cat(v).T
-
-
-@torch.no_grad()
-def vtm_scores(model, frames, ids, device, ctx, batch_size=64):
-    """(N,) matched-minus-mismatched VTM logit of each pair (frames[i], ids[i]) from the joint pass."""
-    out = []
-    for sl in _batches(len(ids), batch_size):
-        x, m = _text_batch(ids[sl], model.config.pad_token_id)
-        with ctx:
-            logits = model.vtm_logits(frames[sl].to(device), x.to(device), m.to(device)).float().cpu()
-        out.append(logits[:, 1] - logits[:, 0])
-    return torch.cat(out)
+    return torch.cat(t), torch.cat(v)
 
 
 def mc_candidates(texts, seed=0):
@@ -671,7 +659,8 @@ def mc_candidates(texts, seed=0):
 
 
 def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcontext()):
-    """retrieval (MSR-VTT-like, text -> video) or qa (test: MSR_MC_test; val: mc_candidates) for the frames model."""
+    """retrieval (MSR-VTT-like, text -> video) or qa (test: MSR_MC_test; val: mc_candidates) for the frames
+    model, both on dot products of pooled vectors from separate passes (as VLM's retrieval and QA)."""
     m = getattr(model, "vlm", model)
     was_training = m.training
     m.eval()
@@ -680,7 +669,8 @@ def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcon
         if task == "retrieval":
             recs, store = data.load_retrieval(data_dir, "msrvtt", split, videos=True)
             ids = _tokenize(tok, [r["texts"][0] for r in recs], n_tok)
-            return retrieval_metrics(frames_similarity(m, clip_frames(store, recs, m.config), ids, device, ctx))
+            t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx)
+            return retrieval_metrics(t @ v.T)
         if task != "qa":
             raise SystemExit(f"the frames model evaluates retrieval and qa, not {task!r}")
         if split == "test":
@@ -689,10 +679,10 @@ def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcon
         else:
             recs, store = data.load_retrieval(data_dir, "msrvtt", split, videos=True)
             cands, answers = mc_candidates([r["texts"][0] for r in recs])
-        K = len(cands[0])
-        frames = clip_frames(store, recs, m.config).repeat_interleave(K, 0)  # (K N, T, 3, S, S)
-        scores = vtm_scores(m, frames, _tokenize(tok, [c for cs in cands for c in cs], n_tok), device, ctx)
-        return {"acc": mc_accuracy(scores.view(-1, K).numpy(), np.array(answers))}
+        ids = _tokenize(tok, [c for cs in cands for c in cs], n_tok)
+        t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx)
+        scores = torch.einsum("nh,nkh->nk", v, t.view(len(recs), len(cands[0]), -1))  # (N, K)
+        return {"acc": mc_accuracy(scores.numpy(), np.array(answers))}
     finally:
         m.train(was_training)
 

@@ -29,7 +29,6 @@ import torch.nn as nn
 import data
 import evaluate
 from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
-from masking import vtm_pairs
 from train import (Objective, StopFlag, amp_setup, any_rank, atomic_save, ensure_world, load_trained, lr_at,
                    make_optimizer, optimizer_step, parse_config, setup_distributed, to_device, trained_tokenizer,
                    wrap_ddp)
@@ -352,26 +351,24 @@ def run_all(cfg, dist_state):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval (VTC) and multiple-choice QA (VTM)
+# All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval and multiple-choice QA
 
 
 def frames_batch(exs, store, mc, rng):
     """frames (B, T, 3, S, S) uint8, a random frame in each of T segments of the whole video; one caption per
-    video visit; VTM pairs (half the captions get another video) drawn from rng."""
+    video visit."""
     frames = torch.stack([store.clip(e["video_id"], None, None, mc.num_frames, mc.frame_size, True, rng)
                           for e in exs])
     ids, mask = evaluate._text_batch([e["texts"][rng.integers(len(e["texts"]))] for e in exs], mc.pad_token_id)
-    pair, match = vtm_pairs(len(exs), torch.Generator().manual_seed(int(rng.integers(2 ** 31))))
-    return {"frames": frames, "text_ids": ids, "text_mask": mask, "pair": pair, "match": match}
+    return {"frames": frames, "text_ids": ids, "text_mask": mask}
 
 
 def frames_loss(task):
     def retrieval(tm, b):  # in-batch text -> video cross-entropy on pooled vectors of separate passes
         return contrastive_loss(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"])), {}
 
-    def qa(tm, b):  # VTM: does this caption match this video? (the multiple-choice answer scores highest)
-        logits = tm.vlm.vtm_logits(b["frames"][b["pair"]], b["text_ids"], b["text_mask"])
-        return torch.nn.functional.cross_entropy(logits.float(), b["match"]), {}
+    def qa(tm, b):  # video -> text: rank the captions for a video (VLM's sec. 4.4 recipe)
+        return contrastive_loss(tm.vlm.encode_video(b["frames"]), tm.vlm.encode_text(b["text_ids"], b["text_mask"])), {}
 
     return {"retrieval": retrieval, "qa": qa}[task]
 
