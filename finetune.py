@@ -11,6 +11,7 @@ attention masks:
   python finetune.py --task retrieval --init out/pretrain/model --data data/world --out out/ft
   python finetune.py --task all          # every task, pre-trained and from scratch, then the results table
   torchrun --standalone --nproc_per_node=2 finetune.py --task retrieval
+  python finetune.py --task all --init out/allinone/model --data data/world_video   # All-in-One from frames
 
 Optimisation as sec. 5.2 (Adam (0.9, 0.98), linear warm-up of 122 steps then linear decay, clip 2.0), the
 DDP / AMP / checkpoint machinery of train.py, and model selection on the validation split (never on test):
