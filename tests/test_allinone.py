@@ -274,3 +274,26 @@ def test_one_pretraining_step_and_one_finetuning_epoch(video_world, tmp_path):
                          "--out", str(tmp_path / "ft"), "--epochs", "1", "--batch_size", "8"])
     assert 0.0 <= res["acc"] <= 100.0
     assert os.path.exists(tmp_path / "ft" / "qa-frames" / "best.pt")
+
+
+def test_use_search_on_video_files_reproduces_the_frames_runner(video_world, tmp_path, capsys):
+    """use.py reads the world's rendered .mp4 files for a frames model and ranks them as evaluate.py does."""
+    import evaluate
+    import use
+    import vlm
+    tok = vlm.load_tokenizer(video_world)
+    ids = vlm.special_ids(tok)
+    torch.manual_seed(0)
+    m = AllInOne(tiny_cfg(vocab_size=tok.get_vocab_size(), frame_size=32, patch_size=8, num_frames=3,
+                          max_text_len=24, cls_token_id=ids["cls"], sep_token_id=ids["sep"],
+                          mask_token_id=ids["mask"], pad_token_id=ids["pad"])).eval()
+    d = str(tmp_path / "model")
+    m.save(d, tokenizer=tok)
+    ref = evaluate.run_frames_task("retrieval", m, video_world, "test", tok)
+    csv_path = os.path.join(video_world, "msrvtt", "MSRVTT_JSFUSION_test.csv")
+    got = use.main(["search", "--ckpt", d, "--videos", os.path.join(video_world, "msrvtt", "videos"),
+                    "--queries", csv_path, "--only_named", "--topk", "2"])
+    assert got == pytest.approx(ref, abs=1e-9)
+    assert ref["MedR"] > 1  # a ranking that can be wrong
+    with pytest.raises(SystemExit, match="frames model"):
+        use.main(["caption", "--ckpt", d, "--videos", os.path.join(video_world, "msrvtt", "videos")])
