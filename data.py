@@ -1009,6 +1009,9 @@ class FramePretrainData(PretrainData):
     def __init__(self, data_dir, tokenizer, split="train", clips_per_video=2, min_text=8, max_text=38, seed=0,
                  videos=None, num_frames=3, frame_size=224, max_tokens=38, cache_dir=None):
         videos = videos or os.path.join(_dataset_dir(data_dir, "howto100m"), "videos")
+        if not os.path.isdir(videos):
+            raise FileNotFoundError(f"{videos}: no video directory (the built-in world draws one with "
+                                    f"python data.py synth --out {data_dir} --size default --video)")
         self.T, self.S, self.max_tokens, self.train = num_frames, frame_size, max_tokens, split == "train"
         super().__init__(data_dir, tokenizer, split, clips_per_video, min_text, max_text, seed, features=videos,
                          cache_dir=cache_dir)
