@@ -15,6 +15,9 @@ Sections (one table at the end: what, ours, reference, ratio, target, met?):
   data      the pre-training loader on packed shards vs the clips/s one training step consumes.
   memory    peak memory of one pre-training step and of the loss alone (a fresh subprocess per number).
   comm      all-reduce of a bert-base gradient (only under torchrun; NCCL on GPUs, gloo on CPU).
+  frames    All-in-One (allinone.py): a pre-training step (VTM + MLM, T = 3 frames of 32 x 32, patch 8) vs the
+            features model's at the same hidden size, tokens per clip, token rolling's share of a layer's time,
+            PyAV decoding frames/s and read_video clips/s.
 transformers is a test-only dependency: without it the encoder comparison is skipped, the rest runs.
 GPU paths (guarded by torch.cuda.is_available()): bf16 autocast, fused Adam (train.make_optimizer),
 `--compile` (torch.compile of our model), MFU against a measured bf16 matmul, the paper's 256-clip step.
@@ -40,7 +43,7 @@ import losses
 import train
 import vlm
 
-SECTIONS = ["encoder", "step", "retrieval", "decode", "data", "memory", "comm"]
+SECTIONS = ["encoder", "step", "retrieval", "decode", "data", "memory", "comm", "frames"]
 ROWS = []  # the table: (what, ours, reference, ratio, target, met)
 
 
@@ -485,6 +488,81 @@ def bench_comm(args, device, ctx, res):
 # ----------------------------------------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------------------------------------
+# 8. All-in-One (raw frames) vs the features model at equal hidden size; rolling's share; video decoding
+
+
+def frames_parts(quick, B, seed=0):
+    """The features model and the frames model (allinone.py) with the same encoder shape, and a batch each."""
+    import allinone
+    c = small_config(1000) if not quick else base_config(True)
+    shape = dict(vocab_size=1000, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                 num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size)
+    fcfg = allinone.AllInOneConfig(**shape, frame_size=32, patch_size=8, num_frames=3, cls_token_id=2,
+                                   sep_token_id=3, mask_token_id=4)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    vcfg = vlm.VLMConfig(**shape, cls_token_id=2, sep_token_id=3, mask_token_id=4)
+    feats = random_batch(B, vcfg, gen, max_text=24)
+    frames = dict(frames=torch.randint(0, 256, (B, 3, 3, 32, 32), generator=gen, dtype=torch.uint8),
+                  text_ids=feats["text_ids"], text_mask=feats["text_mask"], video_index=torch.arange(B))
+    return vlm.VLM(vcfg).train(), allinone.AllInOne(fcfg).train(), feats, frames
+
+
+def bench_frames(args, device, ctx, res):
+    from allinone import roll_tokens
+    B = 4 if args.quick else 16
+    vmodel, fmodel, feats, frames = frames_parts(args.quick, B)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(model, fn, batch):
+        loss, _ = fn(model, batch, gen)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    Lt = feats["text_ids"].shape[1]
+    N, L, T, H = fmodel.tokens_per_frame, Lt + 2, 3, fmodel.config.hidden_size
+    layer = fmodel.bert.layers[0].eval()
+    x = torch.randn(B * T, L + N, H)  # one joint-pass row per (clip, frame)
+    t = interleaved({"vlm": lambda: step(vmodel, losses.pretrain_loss, feats),
+                     "frames": lambda: step(fmodel, losses.allinone_loss, frames)}, device, args.repeats)
+    with torch.no_grad():
+        t.update(interleaved({"layer": lambda: layer(x, None), "roll": lambda: torch.cat(
+            [x[:, :L], roll_tokens(x[:, L:].view(B, T, N, H), N // 8).reshape(B * T, N, H)], 1)}, device, 5))
+    out = dict(clips=B, hidden=H, layers=fmodel.config.num_hidden_layers, vlm_step_s=t["vlm"],
+               frames_step_s=t["frames"], vlm_tokens_per_clip=34 + Lt + 1, frames_tokens_per_clip=T * (L + N),
+               layer_s=t["layer"], roll_s=t["roll"], roll_share=t["roll"] / t["layer"])
+    row(f"frames model step / features model step ({B} clips, H {H})", f"{t['frames']*1e3:.0f} ms",
+        f"{t['vlm']*1e3:.0f} ms", t["frames"] / t["vlm"], "(none)", None)
+    row("tokens per clip: frames joint pass (T=3) / features", f"{out['frames_tokens_per_clip']}",
+        f"{out['vlm_tokens_per_clip']}", out["frames_tokens_per_clip"] / out["vlm_tokens_per_clip"], "", None)
+    row("token rolling / one layer forward", f"{t['roll']*1e3:.2f} ms", f"{t['layer']*1e3:.2f} ms",
+        out["roll_share"], "~0", None)
+    out.update(bench_decode_video(args))
+    return out
+
+
+def bench_decode_video(args):
+    """PyAV decoding: frames/s of a whole H.264 clip, and read_video clips/s (T=3 of a 10 s clip)."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        print("frames: PyAV not installed, video decoding not measured")
+        return {}
+    import world
+    size, n = (32, 20) if args.quick else (224, 250)  # 224 x 224 at 25 frames/s, 10 s
+    clip = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    clip = np.clip(clip // 4 + np.linspace(0, 180, size, dtype=np.uint8)[None, None, :, None], 0, 255)
+    with tempfile.TemporaryDirectory() as d:
+        path = world.write_frames(os.path.join(d, "clip"), clip.astype(np.uint8))
+        t = interleaved({"all": lambda: sum(1 for _ in av.open(path).decode(video=0)),
+                         "read": lambda: data.read_video(path, 3, size)}, "cpu", args.repeats)
+    row(f"video decode, {size}x{size} H.264 (PyAV)", f"{n / t['all']:.0f} frames/s", "", None, "", None)
+    row("read_video: T=3 frames of a whole clip, resized + cropped", f"{1 / t['read']:.1f} clips/s", "", None, "",
+        None)
+    return dict(decode_frames_per_s=n / t["all"], read_video_clips_per_s=1 / t["read"], decode_size=size)
+
+
 def machine(device):
     cpu = platform.processor()
     try:
@@ -552,7 +630,7 @@ def main(argv=None):
     print(f"{machine(device)}\nmatmul rate ({res['matmul_dtype']}, best of 2048^3 and a layer's GEMMs): "
           f"{res['matmul_flops']/1e9:.1f} GFLOP/s" + (" (MFU below is against this)" if "cuda" in device else ""))
     fns = dict(encoder=bench_encoder, step=bench_step, retrieval=bench_retrieval, decode=bench_decode,
-               data=bench_data, memory=bench_memory, comm=bench_comm)
+               data=bench_data, memory=bench_memory, comm=bench_comm, frames=bench_frames)
     for s in SECTIONS:
         if s in sections:
             t = time.perf_counter()

@@ -30,6 +30,7 @@ import argparse, glob, hashlib, json, math, os, pickle, sys, time, zlib
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 FEAT_DIM = 512     # S3D feature size
 MAX_VIDEO = 32     # seconds of video per example
@@ -470,10 +471,11 @@ def _youcook(data_dir, split):
     return segs, store
 
 
-def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k"):
+def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k", videos=False):
     """-> (records {"video_id", "start", "end", "texts"}, store). MSR-VTT: train = the 9k (or 7k) list minus a
     fixed 10% val carve, all captions per video; val / test (JSFusion) one caption each. YouCook2: one record per
-    segment; train / val carved from `training`, test = `validation`."""
+    segment; train / val carved from `training`, test = `validation`. videos=True: the store is msrvtt/videos
+    (VideoStore, raw frames) instead of the features."""
     if dataset == "youcook2":
         segs, store = _youcook(data_dir, split)
         return [{"video_id": s["video_id"], "start": s["start"], "end": s["end"], "texts": [s["text"]]}
@@ -481,7 +483,7 @@ def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k"):
     if dataset != "msrvtt":
         raise DataError(f"unknown retrieval dataset {dataset!r} (msrvtt, youcook2)")
     d, counts = _dataset_dir(data_dir, "msrvtt"), _counts()
-    store = open_features(os.path.join(d, "feats"))
+    store = VideoStore(os.path.join(d, "videos")) if videos else open_features(os.path.join(d, "feats"))
     if split == "test":
         path = os.path.join(d, "MSRVTT_JSFUSION_test.csv")
         rows = read_jsfusion(path)
@@ -513,10 +515,12 @@ def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k"):
     return recs, store
 
 
-def load_mc(data_dir):
-    """MSR-VTT multiple choice -> (records {"video_id", "candidates": [5 str], "answer": int}, store)."""
+def load_mc(data_dir, videos=False):
+    """MSR-VTT multiple choice -> (records {"video_id", "candidates": [5 str], "answer": int}, store).
+    videos=True: the store is msrvtt/videos (raw frames)."""
     d, counts = _dataset_dir(data_dir, "msrvtt"), _counts()
-    path, store = os.path.join(d, "MSR_MC_test.csv"), open_features(os.path.join(d, "feats"))
+    path = os.path.join(d, "MSR_MC_test.csv")
+    store = VideoStore(os.path.join(d, "videos")) if videos else open_features(os.path.join(d, "feats"))
     rows = read_mc(path)
     kept = set(_keep([r["video_id"] for r in rows], store, path, counts))
     store.report = _report("msrvtt/mc", counts)
@@ -714,7 +718,7 @@ class PretrainData(torch.utils.data.Dataset):
         self.K, self.min_text, self.max_text, self.seed = clips_per_video, min_text, max_text, seed
         pad = tokenizer.token_to_id("[PAD]")
         self.pad_id = 0 if pad is None else pad
-        c, self.store = token_cache(cap_path, tokenizer, cache_dir), open_features(feat_dir)
+        c, self.store = token_cache(cap_path, tokenizer, cache_dir), self.open_store(feat_dir)
         counts = Counts(zip(c["skipped_names"].tolist(), c["skipped"].tolist()))
         for kv in c["skipped_ids"].tolist() if "skipped_ids" in c else []:
             counts.examples.setdefault(kv.split("\t")[0], []).append(kv.split("\t", 1)[1])
@@ -753,6 +757,8 @@ class PretrainData(torch.utils.data.Dataset):
         self.cap_off = np.stack([cap_off[sel], cap_off[np.array(sel) + 1]], 1)  # (V, 2) caption range per video
         self.report = _report(f"howto100m/{split}", counts)
         self.num_videos, self._loaders = len(self.vids), {}
+
+    open_store = staticmethod(open_features)  # FramePretrainData reads video files instead
 
     def __len__(self):
         return self.num_videos
@@ -871,6 +877,172 @@ class _BatchList(torch.utils.data.Sampler):
         return len(self.batches)
 
 
+# ----------------------------------------------------------------------------- raw frames (All-in-One)
+# Video files are read with PyAV (an optional extra: requirements-video.txt), imported only when one is read.
+# A clip of [start, end) seconds is cut into T equal segments; training takes a random time in each segment,
+# evaluation its middle; each chosen frame's short side is resized to S and the centre S x S cropped (as
+# MMPT's feature extractor did). The built-in world writes one frame a second, as .mp4 or, without PyAV, as a
+# (n, S, S, 3) uint8 .npy (frame i covers second i).
+
+VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+
+
+def _import_av(path):
+    try:
+        import av
+    except ImportError:
+        raise ImportError(f"{path}: reading video files needs PyAV, which is not installed: pip install av "
+                          f"(or pip install -r requirements-video.txt)") from None
+    return av
+
+
+def sample_times(start, end, T, train, rng=None):
+    """T times in [start, end): one per equal segment, random in training, the segment's middle otherwise."""
+    if not end > start:
+        raise ValueError(f"sample_times: empty clip [{start}, {end})")
+    d = (end - start) / T
+    u = rng.random(T) if train else np.full(T, 0.5)
+    return (start + d * (np.arange(T) + u)).tolist()
+
+
+def resize_crop(x, size):
+    """uint8 (T, h, w, 3) -> uint8 tensor (T, 3, size, size): short side to `size` (bilinear), centre crop."""
+    x = torch.as_tensor(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # (T, 3, h, w)
+    h, w = x.shape[2:]
+    if min(h, w) != size:
+        sh, sw = max(size, round(h * size / min(h, w))), max(size, round(w * size / min(h, w)))
+        x = F.interpolate(x.float(), size=(sh, sw), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
+        h, w = sh, sw
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[:, :, top:top + size, left:left + size].contiguous()
+
+
+def video_duration(path):
+    """Seconds of video in a file (.npy world frames: one a second)."""
+    if path.endswith(".npy"):
+        return float(np.load(path, mmap_mode="r").shape[0])
+    av = _import_av(path)
+    try:
+        with av.open(path) as c:
+            if not c.streams.video:
+                raise ValueError(f"{path}: no video stream")
+            st = c.streams.video[0]
+            if st.duration and st.time_base:
+                return float(st.duration * st.time_base)
+            if c.duration:
+                return c.duration / 1e6  # AV_TIME_BASE
+    except av.error.FFmpegError as e:
+        raise ValueError(f"{path}: cannot read video: {e}") from None
+    raise ValueError(f"{path}: the container records no duration")
+
+
+def read_video(path, num_frames=3, size=224, start=None, end=None, train=False, rng=None):
+    """T = num_frames frames of [start, end) seconds of a video file -> uint8 tensor (T, 3, size, size).
+
+    .mp4 / .webm / .mkv / ... via PyAV (decoded in one pass from the nearest key frame before `start`; only the
+    chosen frames are converted), or a world .npy of (n, S, S, 3) frames. An unreadable, empty or corrupt file
+    raises ValueError naming it; never a black frame."""
+    start = 0.0 if start is None else float(start)
+    end = video_duration(path) if end is None else float(end)
+    times = sample_times(start, end, num_frames, train, rng)
+    if path.endswith(".npy"):
+        try:
+            a = np.load(path, mmap_mode="r")
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read frames: {e}") from None
+        if a.ndim != 4 or a.shape[3] != 3 or a.dtype != np.uint8 or len(a) == 0:
+            raise ValueError(f"{path}: frames must be non-empty uint8 (n, H, W, 3), got {a.dtype} {a.shape}")
+        return resize_crop(a[[min(int(t), len(a) - 1) for t in times]], size)
+    av = _import_av(path)
+    out, last = [], None
+    try:
+        with av.open(path) as c:
+            st = c.streams.video[0]
+            if start > 0:
+                c.seek(int(start / st.time_base), stream=st, backward=True)
+            for i, f in enumerate(c.decode(st)):
+                t = f.time if f.time is not None else i / float(st.average_rate or 1)
+                while len(out) < num_frames and last is not None and t > times[len(out)]:
+                    out.append(last.to_ndarray(format="rgb24"))  # the frame on screen at that time
+                if len(out) == num_frames:
+                    break
+                last = f
+            if last is None:
+                raise ValueError(f"{path}: no frames decoded in [{start:.2f}, {end:.2f}) s")
+            while len(out) < num_frames:  # times after the last decoded frame: that frame
+                out.append(last.to_ndarray(format="rgb24"))
+    except (av.error.FFmpegError, IndexError) as e:
+        raise ValueError(f"{path}: cannot decode video: {e}") from None
+    return resize_crop(np.stack(out), size)
+
+
+class VideoStore:
+    """A directory of video files `<vid>.<ext>` (or world `<vid>.npy` frame arrays); lengths in whole seconds."""
+
+    def __init__(self, root):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{root}: video directory not found")
+        self.root, self.paths, self._len = root, {}, {}
+        for f in sorted(os.listdir(root)):
+            vid, ext = os.path.splitext(f)
+            if ext.lower() in VIDEO_EXTS + (".npy",):
+                if vid in self.paths:
+                    raise ValueError(f"{root}: two files for video {vid!r} ({os.path.basename(self.paths[vid])}, {f})")
+                self.paths[vid] = os.path.join(root, f)
+        self.ids = sorted(self.paths)
+
+    def __contains__(self, vid):
+        return vid in self.paths
+
+    def length(self, vid):
+        if vid not in self._len:
+            self._len[vid] = max(1, int(video_duration(self.paths[vid]) + 1e-6))
+        return self._len[vid]
+
+    def clip(self, vid, start, end, num_frames, size, train=False, rng=None):
+        return read_video(self.paths[vid], num_frames, size, start, end, train, rng)  # (T, 3, S, S)
+
+
+class FramePretrainData(PretrainData):
+    """HowTo100M clip pairs with raw frames: PretrainData's clips (same captions, spans and order), each clip's
+    video as T frames of its seconds read from DIR/howto100m/videos (or `videos`). Text: at most max_tokens word
+    pieces (the first ones; truncations counted in the batch)."""
+
+    def __init__(self, data_dir, tokenizer, split="train", clips_per_video=2, min_text=8, max_text=38, seed=0,
+                 videos=None, num_frames=3, frame_size=224, max_tokens=38, cache_dir=None):
+        videos = videos or os.path.join(_dataset_dir(data_dir, "howto100m"), "videos")
+        if not os.path.isdir(videos):
+            raise FileNotFoundError(f"{videos}: no video directory (the built-in world draws one with "
+                                    f"python data.py synth --out {data_dir} --size default --video)")
+        self.T, self.S, self.max_tokens, self.train = num_frames, frame_size, max_tokens, split == "train"
+        super().__init__(data_dir, tokenizer, split, clips_per_video, min_text, max_text, seed, features=videos,
+                         cache_dir=cache_dir)
+
+    open_store = staticmethod(VideoStore)
+
+    def __getitem__(self, item):
+        epoch, v = item
+        rng = np.random.default_rng([self.seed, epoch, 2, v])  # frame choice, independent of the spans' draws
+        frames, text, tlen, n_trunc = [], np.full((self.K, self.max_tokens), self.pad_id, np.int64), [], 0
+        for k, (i, j, _, s, e) in enumerate(self.spans(v, epoch)):
+            frames.append(self.store.clip(self.vids[v], s, e, self.T, self.S, self.train, rng))
+            t = self.ids[self.tok_off[i]: self.tok_off[j + 1]]
+            n_trunc += len(t) > self.max_tokens
+            tlen.append(min(len(t), self.max_tokens))
+            text[k, :tlen[-1]] = t[:self.max_tokens]
+        return torch.stack(frames), text, np.array(tlen), n_trunc, v  # (K, T, 3, S, S) uint8
+
+    @staticmethod
+    def collate(items):
+        tlen = torch.from_numpy(np.concatenate([x[2] for x in items]))
+        Lt = max(1, int(tlen.max()))
+        return {"frames": torch.cat([x[0] for x in items]),  # (B, T, 3, S, S) uint8
+                "text_ids": torch.from_numpy(np.concatenate([x[1][:, :Lt] for x in items])),
+                "text_mask": torch.arange(Lt) < tlen[:, None], "n_truncated": torch.tensor(sum(x[3] for x in items)),
+                "video_index": torch.tensor([x[4] for x in items for _ in range(len(x[0]))])}  # (B,) for VTM pairs
+
+
 # ----------------------------------------------------------------------------- commands
 
 DATASETS = {"howto100m": "raw_caption.json", "msrvtt": "MSRVTT_data.json", "youcook2":
@@ -954,6 +1126,8 @@ def main(argv=None):
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--seed", type=int, default=0, help="world seed")
     s.add_argument("--size", default="tiny", choices=["tiny", "default"], help="world size")
+    s.add_argument("--video", action="store_true", help="also draw video frames for the frames model (allinone.py)")
+    s.add_argument("--video_pretrain", type=int, default=None, help="with --video: pre-training videos to draw")
     s = sub.add_parser("pack", help="pack a directory of <vid>.npy features into memory-mapped shards")
     s.add_argument("--features", required=True, help="directory of <vid>.npy (T, 512) files")
     s.add_argument("--out", required=True, help="output directory for {split}_meta.pkl and shards")
@@ -969,7 +1143,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.cmd == "synth":
         import world
-        world.synth(a.out, seed=a.seed, size=a.size)
+        video = dict(video=True, video_pretrain=a.video_pretrain) if a.video else {}
+        world.synth(a.out, seed=a.seed, size=a.size, **video)
     elif a.cmd == "pack":
         pack(a.features, a.out, a.split, a.videos_per_shard)
     elif a.cmd == "stats":

@@ -646,6 +646,79 @@ def run_captioning(vlm, data_dir, split, tok, device, ctx, show=0, batch_size=64
     return paper_scale(caption_metrics(refs, hyps))
 
 
+# -----------------------------------------------------------------------------------------------------------
+# All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval and multiple-choice QA from separate passes
+
+
+def clip_frames(store, recs, cfg):
+    """uint8 (N, T, 3, S, S): each record's clip, the middle frame of each of T segments (evaluation)."""
+    return torch.stack([store.clip(r["video_id"], r.get("start"), r.get("end"), cfg.num_frames, cfg.frame_size)
+                        for r in recs])
+
+
+def _text_batch(ids, pad_id):
+    Lt = max(1, max(len(t) for t in ids))
+    out, mask = torch.full((len(ids), Lt), pad_id, dtype=torch.long), torch.zeros(len(ids), Lt, dtype=torch.bool)
+    for i, t in enumerate(ids):
+        out[i, :len(t)], mask[i, :len(t)] = torch.as_tensor(t, dtype=torch.long), True
+    return out, mask  # (N, Lt)
+
+
+@torch.no_grad()
+def frames_vectors(model, frames, ids, device, ctx, batch_size=64):
+    """Pooled text (N_text, H) and video (N_video, H) vectors from separate passes (no rolling)."""
+    v, t = [], []
+    for sl in _batches(len(frames), batch_size):
+        with ctx:
+            v.append(model.encode_video(frames[sl].to(device)).float().cpu())
+    for sl in _batches(len(ids), 4 * batch_size):
+        x, m = _text_batch(ids[sl], model.config.pad_token_id)
+        with ctx:
+            t.append(model.encode_text(x.to(device), m.to(device)).float().cpu())
+    return torch.cat(t), torch.cat(v)
+
+
+def mc_candidates(texts, seed=0):
+    """A validation stand-in for the multiple-choice set: each clip's caption among 4 captions of other clips
+    (fixed seed; fewer when there are fewer clips) -> (candidates per clip [K str], answer index per clip)."""
+    rng, cands, answers, K = np.random.default_rng(seed), [], [], min(5, len(texts))
+    for i, t in enumerate(texts):
+        others = rng.choice([j for j in range(len(texts)) if j != i], K - 1, replace=False)
+        c, k = [texts[j] for j in others], int(rng.integers(K))
+        cands.append(c[:k] + [t] + c[k:])
+        answers.append(k)
+    return cands, answers
+
+
+def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcontext()):
+    """retrieval (MSR-VTT-like, text -> video) or qa (test: MSR_MC_test; val: mc_candidates) for the frames
+    model, both on dot products of pooled vectors from separate passes (as VLM's retrieval and QA)."""
+    m = getattr(model, "vlm", model)
+    was_training = m.training
+    m.eval()
+    try:
+        n_tok = m.config.max_text_len - 2
+        if task == "retrieval":
+            recs, store = data.load_retrieval(data_dir, "msrvtt", split, videos=True)
+            ids = _tokenize(tok, [r["texts"][0] for r in recs], n_tok)
+            t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx)
+            return retrieval_metrics(t @ v.T)
+        if task != "qa":
+            raise SystemExit(f"the frames model evaluates retrieval and qa, not {task!r}")
+        if split == "test":
+            recs, store = data.load_mc(data_dir, videos=True)
+            cands, answers = [r["candidates"] for r in recs], [r["answer"] for r in recs]
+        else:
+            recs, store = data.load_retrieval(data_dir, "msrvtt", split, videos=True)
+            cands, answers = mc_candidates([r["texts"][0] for r in recs])
+        ids = _tokenize(tok, [c for cs in cands for c in cs], n_tok)
+        t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx)
+        scores = torch.einsum("nh,nkh->nk", v, t.view(len(recs), len(cands[0]), -1))  # (N, K)
+        return {"acc": mc_accuracy(scores.numpy(), np.array(answers))}
+    finally:
+        m.train(was_training)
+
+
 def paper_scale(m):
     """BLEU, METEOR and ROUGE-L in percent as in the paper's Table 7; CIDEr unscaled."""
     return {k: (v if v is None or k == "CIDEr" else 100 * v) for k, v in m.items()}
@@ -661,7 +734,8 @@ def load_finetuned(path, device="cpu", task=None):
         raise SystemExit(f"{path}: not a fine-tuned checkpoint (no 'task' key); for zero-shot use --zero_shot")
     if task and ck["task"] != task:
         raise SystemExit(f"{path}: a {ck['task']} checkpoint, but --task is {task}")
-    model = TaskModel(vlm_module.VLM(vlm_module.VLMConfig(**ck["model_config"])), ck["num_classes"])
+    from allinone import model_from_config  # VLM, or the frames model when the config says model="allinone"
+    model = TaskModel(model_from_config(ck["model_config"], path), ck["num_classes"])
     model.cosine = ck.get("temperature", 0.0) > 0  # trained on cosine logits: rank by cosine too
     load_state_checked(model.vlm, ck["model"], path)
     if model.head is not None:
@@ -933,7 +1007,8 @@ def results_table(results):
             ("roof (each test video described by its other captions)", "roof"),
             ("zero-shot (pre-trained, no fine-tuning)", "zero_shot"),
             ("from scratch (no pre-training)", "scratch"), ("VLM (pre-trained + fine-tuned)", "pretrained"),
-            ("paper, real dataset", "paper")]
+            ("All-in-One, raw frames, from scratch", "allinone_scratch"),
+            ("All-in-One, raw frames (pre-trained + fine-tuned)", "allinone"), ("paper, real dataset", "paper")]
     sections = [("Text-video retrieval, MSR-VTT-like (Table 2)", "retrieval-msrvtt", ["R1", "R5", "R10", "MedR"]),
                 ("Text-video retrieval, YouCook2-like (Table 3)", "retrieval-youcook2", ["R1", "R5", "R10", "MedR"]),
                 ("Action segmentation, COIN-like (Table 4): frame accuracy", "segmentation", ["acc"]),
@@ -955,7 +1030,7 @@ def results_table(results):
                 x = {"recall": f"{PAPER['localization']['recall']} (zero-shot {PAPER['localization-zero-shot']['recall']})"}
                 lines.append(f"| {label} | {x['recall']} |")
                 continue
-            if x is None and r in ("zero_shot", "floor", "roof"):
+            if x is None and r in ("zero_shot", "floor", "roof", "allinone", "allinone_scratch"):
                 continue
             sd = src.get(r + "_std", {}).get(key)
             cells = [f(x, c) + (f" +- {f(sd, c)}" if sd and sd.get(c) is not None else "") for c in cols]

@@ -11,6 +11,7 @@ attention masks:
   python finetune.py --task retrieval --init out/pretrain/model --data data/world --out out/ft
   python finetune.py --task all          # every task, pre-trained and from scratch, then the results table
   torchrun --standalone --nproc_per_node=2 finetune.py --task retrieval
+  python finetune.py --task all --init out/allinone/model --data data/world_video   # All-in-One from frames
 
 Optimisation as sec. 5.2 (Adam (0.9, 0.98), linear warm-up of 122 steps then linear decay, clip 2.0), the
 DDP / AMP / checkpoint machinery of train.py, and model selection on the validation split (never on test):
@@ -62,6 +63,7 @@ class FinetuneConfig:
     seed: int = 0  # random seed
     seeds: str = ""  # --task all: comma-separated fine-tuning seeds (e.g. 0,1,2); the table shows mean +- std over them
     synth_size: str = "default"  # size of the built-in world built if --data is missing
+    model: str = "auto"  # auto (the kind the --init checkpoint records) | vlm | allinone (raw frames)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -225,10 +227,11 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
     base = load_trained(cfg.init)
     if cfg.scratch:  # the same architecture, no pre-training
         torch.manual_seed(cfg.seed)
-        base = vlm_module.VLM(base.config)
-        with torch.no_grad():  # the init pre-training starts from (train.build_model), not BERT's 0.02
-            base.bert.wte.weight.normal_(0.0, cfg.scratch_word_init)
-            base.bert.wte.weight[base.config.pad_token_id].zero_()
+        base = type(base)(base.config)
+        if isinstance(base, vlm_module.VLM):  # the init pre-training starts from (train.build_model)
+            with torch.no_grad():  # not BERT's 0.02
+                base.bert.wte.weight.normal_(0.0, cfg.scratch_word_init)
+                base.bert.wte.weight[base.config.pad_token_id].zero_()
     tok = trained_tokenizer(cfg.init, cfg.data, base.config)
     mc = base.config
 
@@ -397,6 +400,10 @@ def run_all(cfg, dist_state):
                         for task, ds, key in [("retrieval", "msrvtt", "retrieval-msrvtt"),
                                               ("retrieval", "youcook2", "retrieval-youcook2"), ("qa", None, "qa")]}
     results["roof"] = evaluate.caption_roof(cfg.data, tok)
+    aio = os.path.join(cfg.out, "allinone.json")
+    if os.path.exists(aio):  # the frames model's rows (run_frames_all), beside VLM's on the same test sets
+        with open(aio) as f:
+            results.update(json.load(f))
     results["seconds"] = time.time() - t0
     table = evaluate.results_table(results)
     print(table)
@@ -423,6 +430,129 @@ def seed_mean(runs):
     return mean, std
 
 
+# -----------------------------------------------------------------------------------------------------------
+# All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval and multiple-choice QA
+
+
+def frames_batch(exs, store, mc, rng):
+    """frames (B, T, 3, S, S) uint8, a random frame in each of T segments of the whole video; one caption per
+    video visit."""
+    frames = torch.stack([store.clip(e["video_id"], None, None, mc.num_frames, mc.frame_size, True, rng)
+                          for e in exs])
+    ids, mask = evaluate._text_batch([e["texts"][rng.integers(len(e["texts"]))] for e in exs], mc.pad_token_id)
+    return {"frames": frames, "text_ids": ids, "text_mask": mask}
+
+
+def frames_loss(task):
+    def retrieval(tm, b):  # in-batch text -> video cross-entropy on pooled vectors of separate passes
+        return contrastive_loss(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"])), {}
+
+    def qa(tm, b):  # video -> text: rank the captions for a video (VLM's sec. 4.4 recipe)
+        return contrastive_loss(tm.vlm.encode_video(b["frames"]), tm.vlm.encode_text(b["text_ids"], b["text_mask"])), {}
+
+    return {"retrieval": retrieval, "qa": qa}[task]
+
+
+def run_frames(cfg, task, dist_state, verbose=True):
+    """Fine-tune the frames model on MSR-VTT-like videos for retrieval or qa, select on val, test once."""
+    ddp, rank, world, device = dist_state
+    master = rank == 0
+    name = ("retrieval-msrvtt" if task == "retrieval" else "qa") + "-frames" + ("-scratch" if cfg.scratch else "")
+    out = os.path.join(cfg.out, name)
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(cfg.seed + rank)
+    dtype, ctx, scaler = amp_setup(cfg.dtype, device)
+    base = load_trained(cfg.init)
+    if cfg.scratch:  # the same architecture, no pre-training
+        torch.manual_seed(cfg.seed)
+        base = type(base)(base.config)
+    tok, mc = trained_tokenizer(cfg.init, cfg.data), base.config
+    recs, store = data.load_retrieval(cfg.data, "msrvtt", "train", videos=True)
+    exs = [{"video_id": r["video_id"], "texts": data.encode_texts(tok, r["texts"], mc.max_text_len - 2)[0]}
+           for r in recs]
+    model = TaskModel(base).to(device)
+    optimizer = make_optimizer(model, cfg.lr, cfg.beta2, device)
+    per_epoch = len(batch_order(len(exs), cfg.batch_size, 0, cfg.seed, rank, world))
+    epochs = cfg.epochs or EPOCHS[task]
+    total, step, best = per_epoch * epochs, 0, -float("inf")
+    warmup = min(cfg.warmup, max(1, total // 10))
+    objective = Objective(model, frames_loss(task))
+    if ddp:
+        objective = wrap_ddp(objective, device)
+    best_path, t0 = os.path.join(out, "best.pt"), time.time()
+    log = open(os.path.join(out, "log.jsonl"), "a") if master else None
+    for epoch in range(epochs):
+        rng, losses = np.random.default_rng([cfg.seed, epoch, rank]), []
+        for idx in batch_order(len(exs), cfg.batch_size, epoch, cfg.seed, rank, world):
+            lr = lr_at(step, cfg.lr, warmup, total)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            batch = to_device(frames_batch([exs[i] for i in idx], store, mc, rng), device)
+            loss, _, _ = optimizer_step(objective, [batch], optimizer, scaler, ctx, cfg.grad_clip, ddp)
+            losses.append(loss)
+            step += 1
+        if master:  # model selection on the validation split
+            val = evaluate.run_frames_task(task, model, cfg.data, "val", tok, device, ctx)
+            rec = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "val": val, "seconds": time.time() - t0}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            if verbose:
+                print(f"{name} epoch {epoch}: train loss {rec['loss']:.4f} | val " +
+                      " ".join(f"{k} {v:.3f}" for k, v in val.items()))
+            if val["R1" if task == "retrieval" else "acc"] > best:
+                best = val["R1" if task == "retrieval" else "acc"]
+                atomic_save({"task": task, "dataset": "msrvtt", "model_config": dataclasses.asdict(mc),
+                             "model": model.vlm.state_dict(), "head": None, "num_classes": 0,
+                             "tokenizer": tok.to_str()}, best_path)
+    if ddp:
+        torch.distributed.barrier()
+    if not master:
+        return None
+    result = evaluate.run_frames_task(task, evaluate.load_finetuned(best_path, device), cfg.data, "test", tok,
+                                      device, ctx)
+    with open(os.path.join(out, "test.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"{name} test: " + " ".join(f"{k} {v:.3f}" for k, v in result.items()) + f" ({time.time() - t0:.0f}s)")
+    log.close()
+    return result
+
+
+def run_frames_all(cfg, dist_state):
+    """Retrieval and QA from frames, pre-trained and from scratch -> OUT/allinone.json; the results table
+    (OUT/results.md) is rewritten with these rows beside VLM's when OUT/results.json exists."""
+    t0, res = time.time(), {"allinone": {}, "allinone_scratch": {}}
+    for row, scratch in (("allinone", False), ("allinone_scratch", True)):
+        for task in ("retrieval", "qa"):
+            key = "retrieval-msrvtt" if task == "retrieval" else task
+            res[row][key] = run_frames(dataclasses.replace(cfg, scratch=scratch), task, dist_state)
+    if dist_state[1] != 0:
+        return None
+    res["allinone_seconds"] = time.time() - t0
+    with open(os.path.join(cfg.out, "allinone.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    path = os.path.join(cfg.out, "results.json")
+    merged = {**(json.load(open(path)) if os.path.exists(path) else {}), **res}
+    table = evaluate.results_table(merged)
+    print(table)
+    with open(os.path.join(cfg.out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    print(f"All-in-One rows: {os.path.join(cfg.out, 'allinone.json')} ({res['allinone_seconds']:.0f}s)")
+    return res
+
+
+def checkpoint_kind(path):
+    """'allinone' or 'vlm': the model kind a checkpoint's config records."""
+    cfg = os.path.join(path, "config.json") if os.path.isdir(path) else None
+    if cfg and os.path.exists(cfg):
+        with open(cfg) as f:
+            return json.load(f).get("model", "vlm")
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.exists(path):
+        return "vlm"  # load_trained reports the missing checkpoint
+    return torch.load(path, map_location="cpu", weights_only=False).get("model_config", {}).get("model", "vlm")
+
+
 def main(argv=None):
     cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0],
                        ranges={**RANGES, "epochs": (0, None), "temperature": (0, None),
@@ -433,8 +563,14 @@ def main(argv=None):
         raise SystemExit(f"--task {cfg.task!r}: choose one of {', '.join(TASKS + ('all',))}")
     StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
     dist_state = setup_distributed()
-    ensure_world(cfg.data, cfg.synth_size, cfg.seed, dist_state[1] == 0, dist_state[0])
-    result = run_all(cfg, dist_state) if cfg.task == "all" else run(cfg, cfg.task, dist_state)
+    kind = checkpoint_kind(cfg.init) if cfg.model == "auto" else cfg.model
+    ensure_world(cfg.data, cfg.synth_size, cfg.seed, dist_state[1] == 0, dist_state[0], video=kind == "allinone")
+    if kind == "allinone":  # raw frames: MSR-VTT-like retrieval and multiple-choice QA
+        if cfg.task not in ("retrieval", "qa", "all"):
+            raise SystemExit(f"--task {cfg.task}: the frames model (allinone) fine-tunes retrieval, qa or all")
+        result = run_frames_all(cfg, dist_state) if cfg.task == "all" else run_frames(cfg, cfg.task, dist_state)
+    else:
+        result = run_all(cfg, dist_state) if cfg.task == "all" else run(cfg, cfg.task, dist_state)
     exit_if_stopped()
     return result
 

@@ -15,7 +15,7 @@ is projected for (n_masked, V) rows only, never (B, T, V). Names used below:
 import torch
 import torch.nn.functional as F
 
-from masking import TEXT_START, VIDEO_START, mask_batch
+from masking import TEXT_START, VIDEO_START, mask_batch, mask_text, vtm_pairs
 
 
 def _zero(*tensors):
@@ -166,3 +166,38 @@ def step_bce_loss(frames, steps, targets, mask):
 def caption_loss(logits, labels):
     """Captioning (sec. 4.5): next-token cross-entropy. logits (B, L, V), labels (B, L) with -100 = ignore."""
     return frame_loss(logits, labels, ignore_index=-100)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# All-in-One pre-training (allinone.py): video-text matching + MLM, optional video-text contrastive
+
+
+def vtc_loss(text, video, temperature=0.05):
+    """Symmetric in-batch InfoNCE on L2-normalised pooled vectors (B, H), pair i positive for row i."""
+    logits = F.normalize(text.float(), dim=-1) @ F.normalize(video.float(), dim=-1).T / temperature  # (B, B)
+    target = torch.arange(text.shape[0], device=text.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def allinone_loss(model, batch, gen, p_text=0.15, p_neg=0.5, vtc=0.0):
+    """All-in-One pre-training on a frames batch (frames, text_ids, text_mask[, video_index]) -> (loss, stats).
+
+    MLM: 15% of the text (80/10/10, masking.mask_text) with the pair's own video, CE over the vocabulary at the
+    masked positions only. VTM: a second joint pass on the clean text where a p_neg share of the pairs take
+    another video's clip (masking.vtm_pairs); CE of the 2-way head. Loss = MLM + VTM (+ vtc * VTC)."""
+    c = model.config
+    ids, tm, frames = batch["text_ids"], batch["text_mask"], batch["frames"]
+    specials = (c.cls_token_id, c.sep_token_id, c.pad_token_id, c.mask_token_id)
+    text_in, labels = mask_text(ids, tm, p_text, gen, c.mask_token_id, c.vocab_size, specials)
+    h = model(frames, text_in, tm)[:, 1:1 + ids.shape[1]]  # (B, Lt, H): content slots after [CLS]
+    sel = labels != -100
+    mlm = F.cross_entropy(model.mlm_logits(h[sel]).float(), labels[sel]) if sel.any() else _zero(h)
+    idx, match = vtm_pairs(ids.shape[0], gen, p_neg, batch.get("video_index"))
+    logits = model.vtm_logits(frames[idx.to(frames.device)], ids, tm)  # (B, 2)
+    vtm = F.cross_entropy(logits.float(), match.to(logits.device))
+    loss = mlm + vtm
+    if vtc:
+        loss = loss + vtc * vtc_loss(model.encode_text(ids, tm), model.encode_video(frames))
+    stats = dict(n_masked_text=int(sel.sum()), n_mismatched=int((match == 0).sum()),
+                 vtm_correct=int((logits.argmax(1).cpu() == match).sum()))
+    return loss, stats

@@ -201,3 +201,21 @@ def mask_batch(batch, gen, mmm_prob, p_text, p_video, mask_id, vocab_size, speci
     video_in, video_labels = mask_video(batch["video"], batch["video_mask"], pv, gen)
     return dict(video_in=video_in, video_labels=video_labels, text_in=text_in, text_labels=text_labels,
                 kind=kind.to(batch["text_ids"].device))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# All-in-One: video-text matching pairs
+
+
+def vtm_pairs(B, gen, p_neg=0.5, groups=None):
+    """Video-text matching (All-in-One pre-training): each text keeps its own clip's video, or with prob p_neg
+    takes another clip's of the batch, drawn uniformly among clips of OTHER videos (`groups` (B,): the video each
+    clip came from; None = every clip its own). A clip with no other video in the batch stays matched.
+    Returns (video index (B,) long, labels (B,) long: 1 = matched, 0 = mismatched)."""
+    groups = torch.arange(B) if groups is None else groups.cpu()
+    u = torch.rand(B, generator=gen, device=gen.device).cpu()
+    r = torch.rand(B, B, generator=gen, device=gen.device).cpu()
+    same = groups[:, None] == groups[None, :]                            # (B, B), diagonal included
+    other = r.masked_fill(same, -1.0).argmax(1)                          # a random clip of another video
+    neg = (u < p_neg) & (~same).any(1)
+    return torch.where(neg, other, torch.arange(B)), (~neg).long()

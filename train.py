@@ -67,6 +67,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (GPU)
     mmm_prob: float = 0.5  # share of examples masked as MMM (paper ablation: 0, 0.3, 0.5, 0.7)
     loss: str = "vlm"  # vlm (Eq. 8-9) | mfm_mlm (Eq. 5-7, the ablation baseline)
+    model: str = "vlm"  # vlm (S3D features) | allinone (raw frames, allinone.py: VTM + MLM on howto100m/videos)
+    frame_size: int = 32  # allinone: frame side S in pixels (real video: 224)
+    patch_size: int = 8  # allinone: patch side P, S / P patches a side (real video: 224 / 16)
+    num_frames: int = 3  # allinone: frames per clip T (paper: 8 in pre-training, 3 fine-tuning)
+    vtc: float = 0.0  # allinone: weight of the optional video-text contrastive loss (temperature 0.05)
     min_text_len: int = 8  # minimum text tokens per sampled clip (paper ablation: 16)
     max_text_len: int = 64  # maximum target text tokens per sampled clip
     log_every: int = 10  # steps between log lines
@@ -421,17 +426,18 @@ def bad_step_message(step, n_bad, dtype):
 # model and data set-up
 
 
-def ensure_world(data_dir, size, seed, master, ddp):
-    """Build the built-in world on (global) rank 0 if the data directory does not exist yet, while the other
-    ranks wait; it is written under a temp name and renamed, so a killed build never looks like a world."""
+def ensure_world(data_dir, size, seed, master, ddp, video=False):
+    """Build the built-in world on (global) rank 0 if the data directory does not exist yet (video: with frames),
+    while the other ranks wait; it is written under a temp name and renamed, so a killed build never looks like a
+    world."""
     if master and not os.path.exists(data_dir):
         import world
-        print(f"building the built-in world ({size}) in {data_dir} ...")
+        print(f"building the built-in world ({size}{', with video' if video else ''}) in {data_dir} ...")
         t0 = time.time()
         final = os.path.abspath(data_dir)
         tmp = f"{final}.tmp.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        world.synth(tmp, seed=seed, size=size)
+        world.synth(tmp, seed=seed, size=size, **({"video": True} if video else {}))
         os.replace(tmp, final)
         print(f"built in {time.time() - t0:.1f}s")
     if ddp:
@@ -469,6 +475,22 @@ def build_model(cfg, data_dir):
         model.bert.wte.weight.normal_(0.0, cfg.word_init)
         model.bert.wte.weight[mcfg.pad_token_id].zero_()
     return model, tok
+
+
+def build_frames_model(cfg, data_dir):
+    """The All-in-One frames model (allinone.py): from a BERT checkpoint (--init_from) or from scratch."""
+    import allinone
+    import vlm
+    frame = dict(frame_size=cfg.frame_size, patch_size=cfg.patch_size, num_frames=cfg.num_frames)
+    if cfg.init_from:
+        return allinone.AllInOne.from_pretrained(cfg.init_from, **frame), vlm.load_tokenizer(cfg.init_from)
+    tok = vlm.load_tokenizer(data_dir)
+    ids = vlm.special_ids(tok)
+    mcfg = allinone.AllInOneConfig(vocab_size=tok.get_vocab_size(), hidden_size=cfg.hidden,
+                                   num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                                   intermediate_size=4 * cfg.hidden, cls_token_id=ids["cls"], sep_token_id=ids["sep"],
+                                   mask_token_id=ids["mask"], pad_token_id=ids["pad"], **frame)
+    return allinone.AllInOne(mcfg), tok
 
 
 def trained_tokenizer(path, data_dir, config=None):
@@ -510,10 +532,12 @@ def load_trained(path):
     import vlm
     ckpt = load_checkpoint(path)
     raw = ckpt["model_config"]
-    unknown = set(raw) - {f.name for f in dataclasses.fields(vlm.VLMConfig)}
-    if unknown:
-        raise CheckpointError(f"{path}: unknown model_config fields {sorted(unknown)} (not a vlm.py checkpoint?)")
-    model = vlm.VLM(vlm.VLMConfig(**raw))
+    if raw.get("model") != "allinone":
+        unknown = set(raw) - {f.name for f in dataclasses.fields(vlm.VLMConfig)}
+        if unknown:
+            raise CheckpointError(f"{path}: unknown model_config fields {sorted(unknown)} (not a vlm.py checkpoint?)")
+    from allinone import model_from_config
+    model = model_from_config(raw, path)  # VLM, or AllInOne when the config records model="allinone"
     load_state_checked(model, ckpt["model"], path)
     if "dir" in ckpt:  # a model directory: remember (and check) its tokenizer, as VLM.load does
         try:
@@ -552,29 +576,41 @@ def main(argv=None):
         raise SystemExit(f"--min_text_len {cfg.min_text_len} is above --max_text_len {cfg.max_text_len}")
     if not cfg.init_from and cfg.hidden % cfg.heads:
         raise SystemExit(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads}")
+    if cfg.model not in ("vlm", "allinone"):
+        raise SystemExit(f"--model {cfg.model!r}: choose vlm or allinone")
     StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
-    from data import PretrainData
-    from losses import pretrain_loss
+    from data import FramePretrainData, PretrainData
+    from losses import allinone_loss, pretrain_loss
 
     ddp, rank, world, device = setup_distributed()
     master = rank == 0
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
-    ensure_world(cfg.data, cfg.synth_size, cfg.seed, master, ddp)
+    frames = cfg.model == "allinone"
+    ensure_world(cfg.data, cfg.synth_size, cfg.seed, master, ddp, video=frames)
     os.makedirs(cfg.out, exist_ok=True)
     dtype, ctx, scaler = amp_setup(cfg.dtype, device)
 
-    model, tok = build_model(cfg, cfg.data)
+    model, tok = (build_frames_model if frames else build_model)(cfg, cfg.data)
     model.to(device)
     # derived files (the token cache) go under OUT, never into the data; rank 0 builds them while the others
     # wait, then they read them (on nodes that do not share OUT each builds its own, under unique temp names)
     cache_dir = cfg.cache_dir or os.path.join(cfg.out, "cache")
     if ddp and not master:
         dist.barrier()
-    train_data = PretrainData(cfg.data, tok, split="train", clips_per_video=cfg.clips_per_video,
-                              min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed, cache_dir=cache_dir)
-    val_data = PretrainData(cfg.data, tok, split="val", clips_per_video=cfg.clips_per_video,
-                            min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed, cache_dir=cache_dir)
+    if frames:  # raw frames from howto100m/videos; text at most max_text_len - 2 pieces ([CLS], [SEP])
+        mc = model.config
+        n_tok = min(cfg.max_text_len, mc.max_text_len - 2)
+        kw = dict(clips_per_video=cfg.clips_per_video, min_text=min(cfg.min_text_len, n_tok), max_text=n_tok,
+                  seed=cfg.seed, num_frames=mc.num_frames, frame_size=mc.frame_size, max_tokens=n_tok,
+                  cache_dir=cache_dir)
+        train_data, val_data = (FramePretrainData(cfg.data, tok, split=s, **kw) for s in ("train", "val"))
+    else:
+        train_data = PretrainData(cfg.data, tok, split="train", clips_per_video=cfg.clips_per_video,
+                                  min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed,
+                                  cache_dir=cache_dir)
+        val_data = PretrainData(cfg.data, tok, split="val", clips_per_video=cfg.clips_per_video,
+                                min_text=cfg.min_text_len, max_text=cfg.max_text_len, seed=cfg.seed, cache_dir=cache_dir)
     if ddp and master:
         dist.barrier()
     per_epoch = train_data.batches_per_epoch(cfg.batch_videos, world) // cfg.grad_accum
@@ -586,6 +622,8 @@ def main(argv=None):
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)  # masking draws
 
     def loss_fn(m, batch, g):
+        if frames:  # All-in-One: VTM + MLM (+ VTC)
+            return allinone_loss(m, batch, g, vtc=cfg.vtc)
         return pretrain_loss(m, batch, g, loss=cfg.loss, mmm_prob=cfg.mmm_prob)
 
     step, n_skipped, bad_in_row = 0, 0, 0

@@ -11,8 +11,10 @@
     python use.py figures                                                                # docs/*.svg again
 
 CKPT is any checkpoint of this project: a model directory (VLM.save), a pre-training ckpt.pt or a fine-tuned
-best.pt. Videos are S3D feature files (T, 512) .npy for the feature models trained here; like the evaluation
-runners, a video longer than 32 s is represented by its first 32 s (counted and said). Embeddings and scores are
+best.pt. Videos are S3D feature files (T, 512) .npy for a VLM model (like the evaluation runners, a video longer
+than 32 s is represented by its first 32 s, counted and said), and video files (.mp4, .webm, .mkv, ... read with
+PyAV, or the world's .npy frame arrays) for an All-in-One frames model (embed, search and match; T frames from T
+equal segments of the whole file). Embeddings and scores are
 the ones the retrieval evaluation uses: pooled separate passes (footnote 2), dot products.
 """
 import argparse
@@ -63,14 +65,21 @@ def load_model(path, data_dir="data/world", tokenizer=""):
 
 
 def video_input(model):
-    """What a model reads as video: "features" (S3D, the VLM here) or "frames" (a raw-frames model)."""
-    return getattr(model, "video_input", "features")
+    """What a model reads as video: "features" (S3D .npy, VLM) or "frames" (video files, All-in-One)."""
+    return "frames" if getattr(model.config, "model", "vlm") == "allinone" else "features"
 
 
-def read_video(path, kind):
+def frame_spec(model):
+    """(T frames a clip, frame size S) of a frames model; None for a features model."""
+    return (model.config.num_frames, model.config.frame_size) if video_input(model) == "frames" else None
+
+
+def read_video(path, kind, frames=None):
     """One video file -> what model.encode_video reads, keyed by file type. Features: float32 (T, 512).
-    A raw-frames model (video_input "frames") gets its .mp4 / frames reader here."""
+    Frames (frames = (T, S)): uint8 (T, 3, S, S), the middle frame of T equal segments of the whole file."""
     ext = os.path.splitext(path)[1].lower()
+    if kind == "frames":  # .mp4 / .webm / ... through PyAV, or a world .npy of (n, S, S, 3) frames
+        return data.read_video(path, frames[0], frames[1])  # ValueError naming the file when unreadable
     if kind == "features" and ext in FEATURE_EXTS:
         try:
             a = np.load(path, mmap_mode="r")
@@ -80,8 +89,6 @@ def read_video(path, kind):
     if kind == "features" and ext in FRAME_EXTS:
         raise SystemExit(f"{path}: this checkpoint is a features model (S3D .npy, (T, 512)); "
                          f"{ext} needs a frames model")
-    if kind == "frames":
-        raise SystemExit(f"{path}: reading {ext} for a frames model is not implemented in use.py yet")
     raise SystemExit(f"{path}: not a video file this model reads (expected {', '.join(FEATURE_EXTS)})")
 
 
@@ -108,7 +115,7 @@ def video_id(path):
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def clip_batches(paths, kind, batch_size, desc="videos"):
+def clip_batches(paths, kind, batch_size, desc="videos", frames=None):
     """Yield (paths, clips) a batch at a time, with a progress bar: each video's first 32 s, as the evaluation
     runners use them. Unreadable files are skipped and named, longer videos counted, one line each at the end."""
     from tqdm import tqdm
@@ -117,9 +124,13 @@ def clip_batches(paths, kind, batch_size, desc="videos"):
         kept, clips = [], []
         for p in paths[i:i + batch_size]:
             try:
-                feat = read_video(p, kind)
+                feat = read_video(p, kind, frames)
             except ValueError as e:
                 bad.append(str(e))
+                continue
+            if kind == "frames":  # (T, 3, S, S) uint8, sampled over the whole file
+                kept.append(p)
+                clips.append(feat)
                 continue
             longer += len(feat) > data.MAX_VIDEO
             kept.append(p)
@@ -136,8 +147,8 @@ def clip_batches(paths, kind, batch_size, desc="videos"):
               "are used (the model reads at most 32 video tokens)")
 
 
-def one_clip(path, kind):
-    return next(clip_batches([path], kind, 1))[1][0]
+def one_clip(path, kind, frames=None):
+    return next(clip_batches([path], kind, 1, frames=frames))[1][0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -152,8 +163,11 @@ def setup_device():
 
 @torch.no_grad()
 def encode_clips(model, clips):
-    """Clips (k_i, 512) -> (N, H) float32 video embeddings (model.encode_video), one forward pass."""
+    """Clips (k_i, 512), or frames (T, 3, S, S) -> (N, H) float32 video embeddings (model.encode_video)."""
     device, ctx = setup_device()
+    if video_input(model) == "frames":
+        with ctx:
+            return model.to(device).encode_video(torch.stack(clips).to(device)).float().cpu()
     b = data.collate_pairs(clips, [[0]] * len(clips))
     with ctx:
         return model.to(device).encode_video(b["video"].to(device), b["video_mask"].to(device)).float().cpu()
@@ -162,7 +176,7 @@ def encode_clips(model, clips):
 def embed_videos(model, paths, batch_size=64):
     """Video files -> (the readable ones, their (N, H) embeddings), read and encoded a batch at a time."""
     kept, out = [], []
-    for ps, clips in clip_batches(paths, video_input(model), batch_size):
+    for ps, clips in clip_batches(paths, video_input(model), batch_size, frames=frame_spec(model)):
         kept += ps
         out.append(encode_clips(model, clips))
     return kept, torch.cat(out)
@@ -184,7 +198,8 @@ def embed_texts(model, tok, texts):
     """(N, H) float32 text embeddings (the evaluation runners' own text encoder)."""
     from evaluate import encode_text_ids
     device, ctx = setup_device()
-    return encode_text_ids(model.to(device), tokenize(tok, texts), device, ctx)
+    n = model.config.max_text_len - 2 if video_input(model) == "frames" else data.MAX_TEXT  # [CLS], [SEP] added
+    return encode_text_ids(model.to(device), tokenize(tok, texts, n), device, ctx)
 
 
 def save_embeddings(out, ids, emb, ckpt, videos, skipped=()):
@@ -316,7 +331,7 @@ def search(a):
 
 def match(a):
     model, tok, _ = load_model(a.ckpt, a.data, a.tokenizer)
-    clip = one_clip(a.video, video_input(model))
+    clip = one_clip(a.video, video_input(model), frame_spec(model))
     texts, _ = read_queries(a.texts, "--texts")
     sim = (encode_clips(model, [clip]) @ embed_texts(model, tok, texts).T)[0]  # (N_text,)
     top = sim.topk(min(a.topk, len(texts)))
@@ -339,8 +354,14 @@ def embed(a):
 
 
 @torch.no_grad()
+def features_only(model, ckpt, what):
+    if video_input(model) != "features":
+        raise SystemExit(f"--ckpt {ckpt}: a frames model (All-in-One) has no {what} here; use a VLM checkpoint")
+
+
 def caption(a):
     model, tok, task = load_model(a.ckpt, a.data, a.tokenizer)
+    features_only(model, a.ckpt, "captioning")
     if task != "captioning":
         print(f"note: {a.ckpt} is {'a ' + task + ' checkpoint, not' if task else 'not'} a fine-tuned captioning "
               "checkpoint; its captions come from the MLM head and may be poor (finetune.py --task captioning)")
@@ -388,6 +409,7 @@ def attention_maps(model, tok, video, text_ids, mask="full"):
 def attention(a):
     import plots
     model, tok, _ = load_model(a.ckpt, a.data, a.tokenizer)
+    features_only(model, a.ckpt, "Fig. 4 attention maps (its rows are per frame)")
     ids = tokenize(tok, [a.text])[0]
     probs, labels = attention_maps(model, tok, one_clip(a.video, video_input(model)), ids, a.mask)
     nl, nh = probs.shape[:2]

@@ -508,6 +508,9 @@ class VLM(nn.Module):
         """A model written by save(): config.json + model.pt, every key and shape checked."""
         with open(os.path.join(path, "config.json")) as f:
             raw = json.load(f)
+        if raw.get("model") == "allinone":  # the frames model (allinone.py) shares this checkpoint format
+            from allinone import AllInOne
+            return AllInOne.load(path)
         unknown = set(raw) - {f.name for f in fields(VLMConfig)}
         if unknown:
             raise ValueError(f"{path}/config.json: unknown fields {sorted(unknown)} (not a vlm.py checkpoint?)")

@@ -216,6 +216,8 @@ class World:
     # ---- video features ----
     def render(self, rng, T, segs, task, clutter=3):
         """Per-second features (T, 512) float16, L2-normalised rows. segs: [(start, end, (a, o, p))] seconds."""
+        if getattr(self, "video_log", None) is not None:  # synth(video=True) draws these clips again as frames
+            self.video_log.append((T, segs, task))
         ids = sorted({task.place, task.style} | {c for _, _, st in segs for c in st} |
                      {o for _, o, _ in task.steps})
         loc = {c: k for k, c in enumerate(ids)}
@@ -247,6 +249,69 @@ class World:
         x += cam + drift + rng.standard_normal((T, DIM), dtype=np.float32) * (1.1 / np.sqrt(DIM))
         x /= np.sqrt((x * x).sum(1, keepdims=True))
         return x.astype(np.float16)
+
+    # ---- video frames (All-in-One): the same concepts, drawn ----
+    def looks(self):
+        """Per concept a visible signature, from its vector (so look-alike concepts look alike) and its index:
+        colour (3,), shape (objects), angle (actions: the hand's stroke and the motion), stripes (places)."""
+        if not hasattr(self, "_looks"):
+            col = 128 + 110 * np.tanh(self.vec[:, :3] * 20)  # (n, 3); cluster mates share 80% of the vector
+            k = np.array([self.by[(c.kind, c.dom)].index(i) for i, c in enumerate(self.c)])
+            n = np.array([len(self.by[(c.kind, c.dom)]) for c in self.c])
+            self._looks = dict(col=col.astype(np.float32), shape=k % len(SHAPES), angle=np.pi * k / n,
+                               freq=0.3 + 0.5 * ((k * 7) % 5) / 4)
+        return self._looks
+
+    def render_frames(self, rng, T, segs, task, size=32):
+        """One RGB frame a second, (T, size, size, 3) uint8: the place as a striped background, the style as a
+        border, clutter objects in the corners; during a step its object (shape + colour) in the middle, moving
+        along its action's direction, and the action's coloured hand stroke; occlusion, camera drift, noise.
+        `rng` is the frame stream alone: the features never depend on it."""
+        L, S = self.looks(), size
+        yy, xx = (np.mgrid[0:S, 0:S].astype(np.float32) - (S - 1) / 2) / (S / 2)  # (S, S) in [-1, 1]
+        jit = lambda c: L["col"][c] + rng.normal(0, 12, 3)  # per-video appearance
+
+        def background(p):
+            a, f = L["angle"][p] * 2, L["freq"][p] * 12
+            return jit(p) * (1 + 0.25 * np.sin(f * (xx * np.cos(a) + yy * np.sin(a))))[..., None]
+
+        base = background(task.place)
+        border = (np.abs(xx) > 1 - 4 / S) | (np.abs(yy) > 1 - 4 / S)
+        base[border] = jit(task.style)
+        objs = sorted({o for _, o, _ in task.steps})
+        corners = [(-0.7, -0.7), (0.7, -0.7), (-0.7, 0.7), (0.7, 0.7)]
+        for o, (cx, cy) in zip(rng.permutation(objs)[:3], corners):  # clutter lying around
+            base[SHAPES[L["shape"][o]](xx - cx, yy - cy, 0.18)] = jit(o)
+        out = np.repeat(base[None], T, 0)  # (T, S, S, 3)
+        for s, e, (a, o, p) in segs:
+            i0, i1 = int(s), min(T, int(np.ceil(e)))
+            seen = rng.random((max(0, i1 - i0), 2)) > 0.15  # occlusion of action / object
+            bg = background(p) if p != task.place else None
+            ca, co, ang = jit(a), jit(o), L["angle"][a]
+            for i in range(i0, i1):
+                if bg is not None:
+                    out[i][~border] = bg[~border]
+                d = 0.25 * ((i - i0) % 3 - 1)  # the action's motion: back and forth along its angle
+                cx, cy = d * np.cos(ang), d * np.sin(ang)
+                if seen[i - i0, 1]:
+                    out[i][SHAPES[L["shape"][o]](xx - cx, yy - cy, 0.4)] = co
+                if seen[i - i0, 0]:
+                    along = (xx - cx) * np.cos(ang) + (yy - cy) * np.sin(ang)
+                    across = -(xx - cx) * np.sin(ang) + (yy - cy) * np.cos(ang)
+                    out[i][(np.abs(across) < 0.12) & (along > 0.45) & (along < 0.95)] = ca
+        drift = np.cumsum(rng.normal(0, 3, (T, 1, 1, 3)), 0) + rng.normal(0, 10, 3)  # camera
+        out = out + drift + rng.normal(0, 6, out.shape)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+SHAPES = [  # masks of the object shapes at (dx, dy) from the centre, radius r (frame units)
+    lambda x, y, r: x * x + y * y < r * r,                                   # disc
+    lambda x, y, r: (np.abs(x) < r * 0.85) & (np.abs(y) < r * 0.85),         # square
+    lambda x, y, r: (y < r * 0.7) & (y > -r) & (np.abs(x) < (y + r) * 0.6),  # triangle
+    lambda x, y, r: (np.abs(x) + np.abs(y)) < r,                             # diamond
+    lambda x, y, r: ((np.abs(x) < r * 0.3) | (np.abs(y) < r * 0.3)) & (np.abs(x) < r) & (np.abs(y) < r),  # cross
+    lambda x, y, r: (x * x + y * y < r * r) & (x * x + y * y > (0.5 * r) ** 2),  # ring
+]
 
 
 def _unit(v):
@@ -551,11 +616,46 @@ def _csv(path, header, rows, sep=","):
         f.write(buf.getvalue())
 
 
+def write_frames(path, frames):
+    """frames (T, S, S, 3) uint8 -> PATH.mp4 (H.264 at 1 frame/s, near-lossless crf 10) when PyAV is installed,
+    else PATH.npy. Returns the file written."""
+    try:
+        import av
+    except ImportError:
+        np.save(path + ".npy", frames)
+        return path + ".npy"
+    with av.open(path + ".mp4", "w", options={"fflags": "+bitexact"}) as c:
+        st = c.add_stream("libx264", rate=1, options={"crf": "10", "preset": "veryfast", "threads": "1"})
+        st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            c.mux(st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+        c.mux(st.encode())
+    return path + ".mp4"
+
+
+def write_videos(d, w, clips, vids, rng, size=32):
+    """Draw the logged clips [(T, segs, task)] of one dataset as d/videos/<vid>.mp4 (or .npy)."""
+    os.makedirs(f"{d}/videos", exist_ok=True)
+    for vid, (T, segs, task) in zip(vids, clips):
+        write_frames(f"{d}/videos/{vid}", w.render_frames(rng, T, segs, task, size))
+    return len(vids)
+
+
+def _video_ids(d, name, n):
+    """Video ids in the order their features were drawn (HowTo100M_v1.csv keeps that order)."""
+    if name == "msrvtt":
+        return [f"video{i}" for i in range(n)]
+    with open(f"{d}/HowTo100M_v1.csv") as f:
+        return [row[0] for row in csv.reader(f)][1:]
+
+
 PARTS = ["howto100m", "msrvtt", "youcook2", "coin", "crosstask", "tokenizer.json", "vocab.txt", "world.json"]
 
 
-def synth(out, seed=0, size="tiny"):
-    """Write the whole world under `out` (see the module docstring) and return a summary dict of counts."""
+def synth(out, seed=0, size="tiny", video=False, video_pretrain=None):
+    """Write the whole world under `out` (see the module docstring) and return a summary dict of counts.
+    video=True also draws the MSR-VTT-like clips and the first `video_pretrain` pre-training videos (all when
+    None) as frames in <dataset>/videos/ (write_frames); the features, captions and splits stay byte-identical."""
     if size not in SIZES:
         raise ValueError(f"world.synth: size must be one of {sorted(SIZES)}, got {size!r}")
     cfg = SIZES[size]
@@ -571,18 +671,25 @@ def synth(out, seed=0, size="tiny"):
     taken = set()
     picked = [w.tasks[i] for i in rng(1).permutation(len(w.tasks))]
     coin_tasks, ct_tasks = picked[:cfg["coin_tasks"]], picked[cfg["coin_tasks"]:cfg["coin_tasks"] + cfg["ct_tasks"]]
-    counts, texts = {}, []
+    counts, texts, videos = {}, [], {}
     for name, fn in [("howto100m", write_howto100m), ("msrvtt", write_msrvtt), ("youcook2", write_youcook2),
                      ("coin", lambda *a: write_coin(*a, coin_tasks)),
                      ("crosstask", lambda *a: write_crosstask(*a, ct_tasks))]:
+        w.video_log = [] if video and name in ("howto100m", "msrvtt") else None
         t, n = fn(f"{out}/{name}", rng(len(counts) + 2), w, cfg, taken)
         texts += t
         counts[name] = n
+        if w.video_log:  # the frames have their own random stream: the features never depend on them
+            clips = w.video_log[:video_pretrain] if name == "howto100m" else w.video_log
+            videos[name] = write_videos(f"{out}/{name}", w, clips, _video_ids(f"{out}/{name}", name, n),
+                                        rng(100 + len(videos)))
     counts["vocab"] = build_tokenizer(texts, out)
     held = sorted(wd for c in w.c if c.held for wd in c.words)
     reserved = sorted(wd for c in w.c if not c.held for wd in c.reserved)
     summary = {"seed": seed, "size": size, "counts": counts, "tasks": len(w.tasks), "concepts": len(w.c),
                "held_out_words": held, "reserved_synonyms": reserved}
+    if video:
+        summary["videos"] = videos
     _json(f"{out}/world.json", summary)
     return summary
 
@@ -592,6 +699,10 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="data/world", help="output directory")
     ap.add_argument("--seed", type=int, default=0, help="random seed (same seed + size => same bytes)")
     ap.add_argument("--size", default="default", choices=sorted(SIZES), help="tiny (tests) or default (quick start)")
+    ap.add_argument("--video", action="store_true", help="also draw video frames (.mp4, or .npy without PyAV)")
+    ap.add_argument("--video_pretrain", type=int, default=None, help="with --video: pre-training videos to draw "
+                    "(default all)")
     args = ap.parse_args()
     from data import cli
-    cli(lambda: print(json.dumps(synth(args.out, args.seed, args.size)["counts"])), errors=(FileExistsError,))
+    cli(lambda: print(json.dumps(synth(args.out, args.seed, args.size, args.video, args.video_pretrain)["counts"])),
+        errors=(FileExistsError,))

@@ -1,0 +1,299 @@
+"""All-in-One frames model: temporal token rolling cell by cell, no rolling in unimodal passes, the joint pass
+against a hand-built reference, checkpoints.
+
+    python -m pytest -q tests/test_allinone.py
+"""
+import torch
+import torch.nn.functional as F
+
+import allinone
+from allinone import AllInOne, AllInOneConfig, roll_tokens
+
+
+def tiny_cfg(**kw):
+    base = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2,
+                cls_token_id=2, sep_token_id=3, mask_token_id=4, frame_size=16, patch_size=4, num_frames=4)
+    return AllInOneConfig(**{**base, **kw})
+
+
+def batch(B=2, T=4, S=16, Lt=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (B, T, 3, S, S), generator=g, dtype=torch.uint8)
+    ids = torch.randint(5, 60, (B, Lt), generator=g)
+    mask = torch.ones(B, Lt, dtype=torch.bool)
+    mask[1, 3:] = False  # padded text
+    return frames, ids, mask
+
+
+def test_roll_tokens_cell_by_cell_against_a_loop():
+    B, T, N, H = 2, 4, 17, 3
+    x = torch.arange(B * T * N * H, dtype=torch.float32).view(B, T, N, H)  # every cell distinct
+    fold = N // 8  # 2
+    out = roll_tokens(x, fold)
+    for b in range(B):
+        for t in range(T):
+            for n in range(N):
+                if n == 0:
+                    src = t  # the frame's CLS stays
+                elif n <= fold:
+                    src = t - 1 if t > 0 else T - 1  # from the previous frame, circular
+                elif n >= N - fold:
+                    src = t + 1 if t < T - 1 else 0  # from the next frame, circular
+                else:
+                    src = t
+                assert torch.equal(out[b, t, n], x[b, src, n]), (b, t, n)
+    # the circular ends and the fold slots, spelled out
+    assert torch.equal(out[:, 0, 1:3], x[:, 3, 1:3]) and torch.equal(out[:, 3, 15:], x[:, 0, 15:])
+    assert torch.equal(out[:, :, 3:15], x[:, :, 3:15]) and torch.equal(out[:, :, 0], x[:, :, 0])
+    assert torch.equal(roll_tokens(x, 0), x)
+    assert torch.equal(roll_tokens(x[:, :1], fold), x[:, :1])  # one frame: nothing to exchange
+
+
+def test_unimodal_passes_do_not_roll(monkeypatch):
+    torch.manual_seed(0)
+    m = AllInOne(tiny_cfg()).eval()
+    frames, ids, mask = batch()
+    calls = []
+    real = allinone.roll_tokens
+    monkeypatch.setattr(allinone, "roll_tokens", lambda x, fold: calls.append(fold) or real(x, fold))
+    with torch.no_grad():
+        h = m.video_states(frames)
+        m.encode_text(ids, mask)
+        assert calls == []
+        m(frames, ids, mask)
+    assert calls == [2, 2]  # once before each of the 2 layers, fold = 17 // 8
+    # a video-only pass treats every frame alone: changing frame 1 leaves frame 0's states unchanged
+    other = frames.clone()
+    other[:, 1] = 255 - other[:, 1]
+    with torch.no_grad():
+        h2 = m.video_states(other)
+    assert torch.allclose(h[:, 0], h2[:, 0], atol=1e-6) and not torch.allclose(h[:, 1], h2[:, 1], atol=1e-3)
+
+
+def reference_joint(m, frames, ids, mask, roll=True):
+    """The joint pass built by hand from the model's weights and its Bert layers (not its forward)."""
+    cfg, bert = m.config, m.bert
+    B, T, _, S, _ = frames.shape
+    P, H = cfg.patch_size, cfg.hidden_size
+    # text row: [CLS] w [SEP] [PAD], word + position + type 0, LayerNorm
+    n = mask.sum(1).tolist()
+    L = ids.shape[1] + 2
+    tid = torch.full((B, L), cfg.pad_token_id)
+    for b in range(B):
+        tid[b, 0], tid[b, 1:1 + n[b]], tid[b, 1 + n[b]] = cfg.cls_token_id, ids[b, :n[b]], cfg.sep_token_id
+    t = bert.ln_emb(bert.wte(tid) + bert.wpe.weight[:L] + bert.wtt.weight[0])  # (B, L, H)
+    # frame tokens: patches as a matmul with the convolution's weight, CLS, spatial + temporal, type 1
+    x = frames.float() / 255 * 2 - 1
+    patches = x.unfold(3, P, P).unfold(4, P, P)  # (B, T, 3, S/P, S/P, P, P)
+    patches = patches.permute(0, 1, 3, 4, 2, 5, 6).reshape(B, T, (S // P) ** 2, 3 * P * P)
+    emb = patches @ m.frames.conv.weight.reshape(H, -1).T + m.frames.conv.bias
+    emb = torch.cat([m.frames.cls.expand(B, T, 1, H), emb], 2) + m.frames.pos[0] + m.frames.temporal[:T]
+    v = bert.ln_emb(emb + bert.wtt.weight[1])  # (B, T, N, H)
+    N = v.shape[2]
+    keys = torch.cat([torch.arange(L)[None] < (torch.tensor(n) + 2)[:, None], torch.ones(B, N, dtype=torch.bool)], 1)
+    rows = torch.cat([t[:, None].expand(B, T, L, H), v], 2)  # (B, T, L+N, H)
+    fold = N // 8
+    for layer in bert.layers:
+        if roll:
+            r = rows.clone()
+            for tt in range(T):
+                r[:, tt, L + 1:L + 1 + fold] = rows[:, (tt - 1) % T, L + 1:L + 1 + fold]
+                r[:, tt, L + N - fold:] = rows[:, (tt + 1) % T, L + N - fold:]
+            rows = r
+        out = [layer(rows[:, tt], keys[:, None, None, :])[0] for tt in range(T)]
+        rows = torch.stack(out, 1)
+    return rows.mean(1)
+
+
+def test_joint_pass_equals_hand_rolled_reference_and_rolling_matters():
+    torch.manual_seed(0)
+    m = AllInOne(tiny_cfg()).eval()
+    frames, ids, mask = batch()
+    with torch.no_grad():
+        h = m(frames, ids, mask)
+        h_off = m(frames, ids, mask, roll=False)
+        ref = reference_joint(m, frames, ids, mask)
+        ref_off = reference_joint(m, frames, ids, mask, roll=False)
+    assert h.shape == (2, 5 + 2 + 17, 16)
+    assert torch.allclose(h, ref, atol=1e-5), (h - ref).abs().max()
+    assert torch.allclose(h_off, ref_off, atol=1e-5)
+    assert (h - h_off).abs().max() > 1e-2  # the frames do interact through the rolled slots
+    # without rolling, the text part of row t depends on frame t only: frame order does not matter
+    perm = frames[:, [2, 0, 3, 1]]
+    with torch.no_grad():
+        m.frames.temporal.zero_()
+        a, b = m(frames, ids, mask, roll=False), m(perm, ids, mask, roll=False)
+        c, d = m(frames, ids, mask), m(perm, ids, mask)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-5) and not torch.allclose(c[:, :7], d[:, :7], atol=1e-4)
+
+
+def test_checkpoint_round_trip_and_bert_loading(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+    torch.manual_seed(0)
+    hf = BertForMaskedLM(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=32, initializer_range=0.2)).eval()
+    hf.save_pretrained(tmp_path / "bert")
+    m = AllInOne.from_pretrained(str(tmp_path / "bert"), frame_size=16, patch_size=4, num_frames=4, cls_token_id=2,
+                                 sep_token_id=3, mask_token_id=4).eval()
+    assert torch.equal(m.bert.layers[1].fc2.weight, hf.bert.encoder.layer[1].output.dense.weight)
+    ids = torch.randint(5, 60, (2, 6))
+    with torch.no_grad():  # a text-only pass is BERT's own
+        ours = m.bert(F.pad(ids, (1, 1), value=3), None)
+        ref = hf.bert(F.pad(ids, (1, 1), value=3)).last_hidden_state
+    assert torch.allclose(ours, ref, atol=1e-5)
+    m.save(str(tmp_path / "saved"))
+    import vlm
+    back = vlm.VLM.load(str(tmp_path / "saved"))  # one checkpoint format: the config names the model kind
+    assert isinstance(back, AllInOne) and back.config == m.config
+    frames, t, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(back.eval()(frames, t, mask), m(frames, t, mask))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# video files (PyAV) and the frames pipeline on a tiny rendered world
+
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import data  # noqa: E402
+
+
+def write_clip(path, frames, fps, codec):
+    """Encode frames (n, H, W, 3) uint8 with PyAV, independently of world.write_frames."""
+    av = pytest.importorskip("av")
+    with av.open(path, "w") as c:
+        st = c.add_stream(codec, rate=fps)
+        st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in st.encode():
+            c.mux(p)
+
+
+def test_read_video_round_trip_frames_size_and_values(tmp_path):
+    n, fps = 12, 4  # 3 s of video, frame k shows grey level 20 k
+    frames = np.stack([np.full((48, 64, 3), 20 * k, np.uint8) for k in range(n)])
+    frames[:, :, :8] = 255  # a white band at the left edge: the centre crop drops it
+    path = str(tmp_path / "clip.mkv")
+    write_clip(path, frames, fps, "mpeg4")
+    assert abs(data.video_duration(path) - 3.0) < 0.3
+    x = data.read_video(path, num_frames=3, size=32)  # middles of [0, 1), [1, 2), [2, 3) s: frames 2, 6, 10
+    assert x.shape == (3, 3, 32, 32) and x.dtype == torch.uint8
+    means = x.float().mean((1, 2, 3))
+    assert torch.allclose(means, torch.tensor([40.0, 120.0, 200.0]), atol=4), means  # within codec error
+    y = data.read_video(path, num_frames=2, size=32, start=1.0, end=2.0)  # times 1.25, 1.75: frames 5, 7
+    assert torch.allclose(y.float().mean((1, 2, 3)), torch.tensor([100.0, 140.0]), atol=4)
+    # training draws a random time per segment: always inside its segment
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        t = data.sample_times(0.0, 3.0, 3, True, rng)
+        assert all(k <= tk < k + 1 for k, tk in enumerate(t))
+
+
+def test_resize_crop_by_hand():
+    a = np.arange(4 * 8 * 3, dtype=np.uint8).reshape(1, 4, 8, 3)  # short side already 4: crop columns 2..5
+    out = data.resize_crop(a, 4)
+    assert out.shape == (1, 3, 4, 4) and torch.equal(out[0], torch.from_numpy(a[0, :, 2:6]).permute(2, 0, 1))
+    flat = np.full((2, 30, 50, 3), 77, np.uint8)
+    assert torch.equal(data.resize_crop(flat, 10), torch.full((2, 3, 10, 10), 77, dtype=torch.uint8))
+
+
+def test_bad_video_files_are_named(tmp_path, monkeypatch):
+    bad, empty = tmp_path / "bad.mp4", tmp_path / "empty.webm"
+    bad.write_bytes(b"not a video at all" * 50)
+    empty.write_bytes(b"")
+    for p in (bad, empty):
+        with pytest.raises(ValueError, match=str(p)):
+            data.read_video(str(p))
+    arr = tmp_path / "frames.npy"
+    np.save(arr, np.zeros((3, 8, 8), np.uint8))  # no colour axis
+    with pytest.raises(ValueError, match="frames.npy"):
+        data.read_video(str(arr), size=8)
+    monkeypatch.setitem(__import__("sys").modules, "av", None)  # PyAV missing: the message says how to install it
+    with pytest.raises(ImportError, match="pip install av"):
+        data.read_video(str(bad))
+
+
+def test_vtm_pairs_mismatch_other_videos_only():
+    from masking import vtm_pairs
+    g = torch.Generator().manual_seed(0)
+    groups = torch.arange(64) // 2  # two clips per video
+    idx, match = vtm_pairs(64, g, groups=groups)
+    neg = match == 0
+    assert torch.equal(idx[~neg], torch.arange(64)[~neg])
+    assert (groups[idx[neg]] != groups[neg]).all() and 20 < int(neg.sum()) < 44
+    idx, match = vtm_pairs(2, g, groups=torch.tensor([5, 5]))  # one video: nothing to mismatch with
+    assert match.tolist() == [1, 1] and idx.tolist() == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def video_world(tmp_path_factory):
+    import world
+    out = str(tmp_path_factory.mktemp("vworld") / "tiny")
+    world.synth(out, seed=0, size="tiny", video=True)
+    return out
+
+
+def test_world_video_keeps_the_features_and_draws_every_msrvtt_clip(video_world, tiny_world):
+    import world
+    import hashlib
+    import json
+    files = sorted(os.path.relpath(os.path.join(r, f), tiny_world) for r, _, fs in os.walk(tiny_world) for f in fs
+                   if not f.startswith("tokens-"))  # (token caches other tests may have written)
+    assert len(files) > 300
+    for rel in files:  # drawing frames changes nothing the features model reads: every file byte-identical
+        h = [hashlib.sha1(open(os.path.join(d, rel), "rb").read()).hexdigest() for d in (video_world, tiny_world)]
+        assert h[0] == h[1] or rel == "world.json", rel
+    summary = json.load(open(os.path.join(video_world, "world.json")))
+    assert summary.pop("videos") == {"howto100m": 30, "msrvtt": 90}
+    assert summary == json.load(open(os.path.join(tiny_world, "world.json")))
+    store = data.VideoStore(os.path.join(video_world, "msrvtt", "videos"))
+    feats = data.open_features(os.path.join(video_world, "msrvtt", "feats"))
+    assert store.ids == feats.ids and all(store.length(v) == feats.length(v) for v in store.ids[:5])
+    w = world.World(np.random.default_rng([0, 0]), 4)
+    segs, T = world.timeline(np.random.default_rng(1), w.tasks[0].steps[:2])
+    a, b = (w.render_frames(np.random.default_rng(2), T, segs, w.tasks[0]) for _ in range(2))
+    assert a.shape == (T, 32, 32, 3) and np.array_equal(a, b)  # deterministic by seed
+
+
+def test_one_pretraining_step_and_one_finetuning_epoch(video_world, tmp_path):
+    import finetune
+    import train
+    pre = str(tmp_path / "pre")
+    args = ["--model", "allinone", "--data", video_world, "--out", pre, "--hidden", "32", "--heads", "2",
+            "--layers", "2", "--batch_videos", "4", "--max_text_len", "16", "--max_steps", "1", "--eval_every", "0"]
+    assert train.main(args) == 1
+    m = train.load_trained(os.path.join(pre, "ckpt.pt"))
+    assert isinstance(m, AllInOne) and m.config.frame_size == 32 and m.config.patch_size == 8
+    res = finetune.main(["--task", "qa", "--init", os.path.join(pre, "model"), "--data", video_world,
+                         "--out", str(tmp_path / "ft"), "--epochs", "1", "--batch_size", "8"])
+    assert 0.0 <= res["acc"] <= 100.0
+    assert os.path.exists(tmp_path / "ft" / "qa-frames" / "best.pt")
+
+
+def test_use_search_on_video_files_reproduces_the_frames_runner(video_world, tmp_path, capsys):
+    """use.py reads the world's rendered .mp4 files for a frames model and ranks them as evaluate.py does."""
+    import evaluate
+    import use
+    import vlm
+    tok = vlm.load_tokenizer(video_world)
+    ids = vlm.special_ids(tok)
+    torch.manual_seed(0)
+    m = AllInOne(tiny_cfg(vocab_size=tok.get_vocab_size(), frame_size=32, patch_size=8, num_frames=3,
+                          max_text_len=24, cls_token_id=ids["cls"], sep_token_id=ids["sep"],
+                          mask_token_id=ids["mask"], pad_token_id=ids["pad"])).eval()
+    d = str(tmp_path / "model")
+    m.save(d, tokenizer=tok)
+    ref = evaluate.run_frames_task("retrieval", m, video_world, "test", tok)
+    csv_path = os.path.join(video_world, "msrvtt", "MSRVTT_JSFUSION_test.csv")
+    got = use.main(["search", "--ckpt", d, "--videos", os.path.join(video_world, "msrvtt", "videos"),
+                    "--queries", csv_path, "--only_named", "--topk", "2"])
+    assert got == pytest.approx(ref, abs=1e-9)
+    assert ref["MedR"] > 1  # a ranking that can be wrong
+    with pytest.raises(SystemExit, match="frames model"):
+        use.main(["caption", "--ckpt", d, "--videos", os.path.join(video_world, "msrvtt", "videos")])
