@@ -83,7 +83,7 @@ class TrainConfig:
     seed: int = 0  # random seed (offset by rank for dropout; data order is shared and sharded)
     max_bad_steps: int = 8  # stop after this many non-finite steps in a row
     cache_dir: str = ""  # derived files (the token cache); empty = OUT/cache. Nothing is written into --data
-    probe: bool = True  # print the zero-shot grounding probes at the end (evaluate.grounding_probes)
+    probe: bool = True  # print the zero-shot grounding probes at the end (evaluate.grounding_probes; --model vlm)
 
 
 PRESETS = {
@@ -734,7 +734,7 @@ def main(argv=None):
         if step >= total:
             print(f"done: {step} steps, {n_skipped} skipped. checkpoint {ckpt_path}, model {model_dir}")
             print(f"next: python finetune.py --task all --init {model_dir} --data {cfg.data}")
-            if cfg.probe:  # does pre-training link words to video? (README, "Grounding probes")
+            if cfg.probe and not frames:  # does pre-training link words to video? (README, "Grounding probes")
                 import evaluate
                 raw_model.eval()
                 evaluate.grounding_probes(raw_model, cfg.data, tok, device, ctx)
