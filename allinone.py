@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlm import (VLM, Bert, Transform, VLMConfig, _attach_tokenizer, check_config, convert_hf_state_dict,
-                 load_checked, load_tokenizer, masked_mean, special_ids)
+                 hf_tokenizer_into, load_checked, masked_mean, read_hf_weights)
 
 
 @dataclass
@@ -191,21 +191,9 @@ class AllInOne(nn.Module):
         if os.path.exists(os.path.join(path, "model.pt")):
             return cls.load(path)
         cfg = AllInOneConfig.from_bert_json(path, **frame_args)
-        tok = None
-        if any(os.path.exists(os.path.join(path, n)) for n in ("tokenizer.json", "vocab.txt")):
-            tok = load_tokenizer(path)
-            ids = special_ids(tok)
-            cfg.cls_token_id, cfg.sep_token_id = ids["cls"], ids["sep"]
-            cfg.mask_token_id, cfg.pad_token_id = ids["mask"], ids["pad"]
+        tok = hf_tokenizer_into(cfg, path)
         model = cls(cfg)
-        st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
-        if os.path.exists(st):
-            from safetensors.torch import load_file
-            hf, src = load_file(st), st
-        elif os.path.exists(pt):
-            hf, src = torch.load(pt, map_location="cpu", weights_only=True), pt
-        else:
-            raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
+        hf, src = read_hf_weights(path)
         sd, unknown, notes = convert_hf_state_dict(hf, model, src)
         own = model.state_dict()
         sd.update({k: v for k, v in own.items() if k.startswith(("frames.", "vtm_head."))})

@@ -527,21 +527,9 @@ class VLM(nn.Module):
         if os.path.exists(os.path.join(path, "model.pt")):
             return cls.load(path)
         cfg = VLMConfig.from_bert_json(path)
-        tok = None
-        if any(os.path.exists(os.path.join(path, n)) for n in ("tokenizer.json", "vocab.txt")):
-            tok = load_tokenizer(path)
-            ids = special_ids(tok)
-            cfg.cls_token_id, cfg.sep_token_id = ids["cls"], ids["sep"]
-            cfg.mask_token_id, cfg.pad_token_id = ids["mask"], ids["pad"]
+        tok = hf_tokenizer_into(cfg, path)
         model = cls(cfg)
-        st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
-        if os.path.exists(st):
-            from safetensors.torch import load_file
-            hf, src = load_file(st), st
-        elif os.path.exists(pt):
-            hf, src = torch.load(pt, map_location="cpu", weights_only=True), pt
-        else:
-            raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
+        hf, src = read_hf_weights(path)
         sd, unknown, notes = convert_hf_state_dict(hf, model, src)
         load_checked(model, sd, src, unknown)
         _attach_tokenizer(model, path, tok)
@@ -605,6 +593,28 @@ def _regex(template):
 
 
 _PATTERNS = [(_regex(hf), ours) for hf, ours in HF_TO_OURS]
+
+
+def hf_tokenizer_into(cfg, path):
+    """The tokenizer of a Hugging Face BERT directory (or None), its special ids written into cfg."""
+    if not any(os.path.exists(os.path.join(path, n)) for n in ("tokenizer.json", "vocab.txt")):
+        return None
+    tok = load_tokenizer(path)
+    ids = special_ids(tok)
+    cfg.cls_token_id, cfg.sep_token_id = ids["cls"], ids["sep"]
+    cfg.mask_token_id, cfg.pad_token_id = ids["mask"], ids["pad"]
+    return tok
+
+
+def read_hf_weights(path):
+    """-> (state dict, file) of a Hugging Face directory: model.safetensors, else pytorch_model.bin."""
+    st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
+    if os.path.exists(st):
+        from safetensors.torch import load_file
+        return load_file(st), st
+    if os.path.exists(pt):
+        return torch.load(pt, map_location="cpu", weights_only=True), pt
+    raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
 
 
 def convert_hf_state_dict(hf, model, src="checkpoint"):
