@@ -112,7 +112,8 @@ def small_config(vocab_size=30522):
 
 
 def random_batch(B, cfg, gen, max_text=61, device="cpu"):
-    """A SPEC batch: video (B, 32, 512) with U{4..32} valid seconds, text (B, Lt) with U{8..max_text} pieces."""
+    """A batch in the layout of docs/method.md §1: video (B, 32, 512) with U{4..32} valid seconds, text (B, Lt)
+    with U{8..max_text} pieces."""
     vlen = torch.randint(4, 33, (B,), generator=gen)
     tlen = torch.randint(8, max_text + 1, (B,), generator=gen)
     Lt = int(tlen.max())

@@ -1,10 +1,10 @@
 """Data: readers for the real VLM data formats, downstream loaders and the pre-training clip sampler.
 
-Implements the pre-training data of the paper (sec. 5.1, SPEC §3): from each HowTo100M video, 32 clip pairs per
-visit; a clip is a random ASR caption extended with neighbouring captions (left or right at random) until a
+Implements the pre-training data of the paper (sec. 5.1, docs/method.md §4): from each HowTo100M video, 32 clip
+pairs per visit; a clip is a random ASR caption extended with neighbouring captions (left or right at random) until a
 target length L ~ U{8..64} text tokens is reached or the span reaches 256 s; its video is the seconds
 floor(start)..ceil(end), at most the FIRST 32 of them. Every file layout (and its quirks) is the one of the
-public releases, see DATA_FORMATS.md; the built-in world (world.py) writes the same layouts.
+public releases, see docs/data_formats.md; the built-in world (world.py) writes the same layouts.
 
 Commands:
     python data.py synth --out DIR --seed 0 --size tiny      # write the built-in world (world.py)
@@ -625,7 +625,7 @@ def encode_texts(tokenizer, texts, max_len=MAX_TEXT):
 
 
 def collate_pairs(videos, texts, pad_id=0):
-    """Lists of (k_i, 512) arrays and id lists -> SPEC batch tensors, padded to the batch maxima."""
+    """Lists of (k_i, 512) arrays and id lists -> batch tensors (docs/method.md §1), padded to the batch maxima."""
     B, Tv, Lt = len(videos), max(1, max(len(v) for v in videos)), max(1, max(len(t) for t in texts))
     video, text = torch.zeros(B, Tv, FEAT_DIM), torch.full((B, Lt), pad_id, dtype=torch.long)  # (B, Tv, 512)
     vlen, tlen = torch.tensor([len(v) for v in videos]), torch.tensor([len(t) for t in texts])
@@ -833,7 +833,7 @@ class PretrainData(torch.utils.data.Dataset):
         return [[(epoch, v) for v in mine[b * batch_videos : (b + 1) * batch_videos]] for b in range(start_batch, nb)]
 
     def loader(self, batch_videos, epoch, rank=0, world_size=1, start_batch=0, num_workers=0):
-        """-> torch DataLoader of SPEC batches (B = batch_videos * clips_per_video). Workers persist across
+        """-> torch DataLoader of batches (B = batch_videos * clips_per_video). Workers persist across
         epochs: the loader is cached and only its batch list changes."""
         key = (batch_videos, rank, world_size, num_workers)
         if key not in self._loaders:

@@ -1,4 +1,4 @@
-"""Evaluation of VLM on the downstream tasks (paper Sec. 4, Tables 2-9; SPEC Sec. 4).
+"""Evaluation of VLM on the downstream tasks (paper Sec. 4, Tables 2-9; docs/method.md §5, §7).
 
 The top of this file is the METRICS section: plain numpy / stdlib functions, importable on their own, that
 turn model scores into the numbers the paper reports:
@@ -726,7 +726,6 @@ def paper_scale(m):
 
 def load_finetuned(path, device="cpu", task=None):
     """A fine-tuned checkpoint written by finetune.py (best.pt): the encoder plus the task's head."""
-    import vlm as vlm_module
     from finetune import TaskModel
     from train import load_checkpoint, load_state_checked
     ck = load_checkpoint(path, need=())

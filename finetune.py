@@ -163,7 +163,7 @@ def make_batch(task, exs, rng, c, extra):
 
 
 def task_loss(task, temperature=0.0):
-    """loss_fn(task_model, batch) -> (loss, stats) for the task (SPEC §2, fine-tuning losses). temperature > 0:
+    """loss_fn(task_model, batch) -> (loss, stats) for the task (docs/method.md §3, fine-tuning losses). temperature > 0:
     retrieval / QA logits are cosine similarities / temperature instead of the paper's raw dot products."""
     def pair(tm, b):
         t = tm.vlm.encode_text(b["text_ids"], b["text_mask"])  # (B, H)
@@ -386,7 +386,6 @@ def run_all(cfg, dist_state):
                 results[row + "_std"], results["seeds"] = spread, seeds
     if dist_state[1] != 0:
         return None
-    import vlm as vlm_module
     device = dist_state[3]
     _, ctx, _ = amp_setup(cfg.dtype, device)
     model = load_trained(cfg.init).to(device).eval()

@@ -3,7 +3,7 @@
 Everything here is a pure function of its inputs and a torch.Generator, so it can be tested without a model:
     python -m pytest -q tests/test_masking.py
 
-Sequence layout (Eq. 2, SPEC §1), one row per example, T = 1 + 32 + 1 + Lt + 1:
+Sequence layout (Eq. 2, docs/method.md §1), one row per example, T = 1 + 32 + 1 + Lt + 1:
 
     index   0      1 .. 32        33     34 .. 34+n-1   34+n    34+n+1 .. T-1
     token   [CLS]  v_1 .. v_32    [SEP]  t_1 .. t_n     [SEP]   [PAD] ..

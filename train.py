@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import time
 import zipfile
 from contextlib import nullcontext

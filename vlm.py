@@ -1,6 +1,6 @@
 """VLM: one BERT encoder for video and text (Xu et al. 2021, sec. 3), in plain PyTorch.
 
-    [CLS] v_1..v_32 [SEP] t_1..t_n [SEP] [PAD]..        (Eq. 2, SPEC §1; T = 34 + Lt + 1 <= 96)
+    [CLS] v_1..v_32 [SEP] t_1..t_n [SEP] [PAD]..        (Eq. 2, docs/method.md §1; T = 34 + Lt + 1 <= 96)
 
 - a from-scratch BERT (post-LayerNorm, exact erf GELU) that loads Hugging Face BERT checkpoints through one
   explicit name table (`HF_TO_OURS`), with every key accounted for and every shape checked;
@@ -79,7 +79,7 @@ def check_config(cfg, where="config"):
         if not 0 <= getattr(cfg, name) < cfg.vocab_size:
             raise ValueError(f"{where}: {name}={getattr(cfg, name)} is outside the vocabulary of {cfg.vocab_size}")
     if cfg.max_video_len != MAX_VIDEO:
-        raise ValueError(f"{where}: max_video_len {cfg.max_video_len} != {MAX_VIDEO} (the layout is fixed, SPEC §1)")
+        raise ValueError(f"{where}: max_video_len {cfg.max_video_len} != {MAX_VIDEO} (the layout is fixed, docs/method.md §1)")
     if cfg.max_position_embeddings < cfg.max_len:
         raise ValueError(f"{where}: max_position_embeddings {cfg.max_position_embeddings} < max_len {cfg.max_len}")
 
@@ -291,7 +291,7 @@ class VLM(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(cfg.vocab_size))  # BERT's cls.predictions.bias
         self.tokenizer_dir = None  # where tokenizer files came from (copied by save)
         self.apply(self._init)
-        for m in self.video_mlp.modules():  # the new part: normal(0, 0.02), zero biases (SPEC §1)
+        for m in self.video_mlp.modules():  # the new part: normal(0, 0.02), zero biases (docs/method.md §1)
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
@@ -373,7 +373,7 @@ class VLM(nn.Module):
         return self.bert(ids, mask, torch.ones_like(ids), position_ids=pos)
 
     def encode_video(self, video, video_mask):
-        """(B, H): mean of last-layer states over valid video tokens + the first [SEP] (SPEC §1 pooling)."""
+        """(B, H): mean of last-layer states over valid video tokens + the first [SEP] (docs/method.md §1, pooling)."""
         h = self.video_states(video, video_mask)  # (B, 33, H)
         _, vm = pad_video(video, video_mask)
         keep = torch.cat([vm, torch.ones_like(vm[:, :1])], 1)  # (B, 33)

@@ -1,7 +1,7 @@
-"""The built-in synthetic "instructional video" world (SPEC section 5).
+"""The built-in synthetic "instructional video" world: no download needed to run every task.
 
 It stands in for HowTo100M (pre-training) and MSR-VTT, YouCook2, COIN and CrossTask (downstream), written in
-exactly the real file formats of DATA_FORMATS.md, quirks included, so the readers in data.py load it like the real
+exactly the real file formats of docs/data_formats.md, quirks included, so the readers in data.py load it like the real
 releases. Run it with
 
     python data.py synth --out data/world --seed 0 --size default     # or: python world.py --out data/world
@@ -695,7 +695,7 @@ def synth(out, seed=0, size="tiny", video=False, video_pretrain=None):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Write the synthetic instructional-video world (SPEC section 5).")
+    ap = argparse.ArgumentParser(description="Write the synthetic instructional-video world.")
     ap.add_argument("--out", default="data/world", help="output directory")
     ap.add_argument("--seed", type=int, default=0, help="random seed (same seed + size => same bytes)")
     ap.add_argument("--size", default="default", choices=sorted(SIZES), help="tiny (tests) or default (quick start)")

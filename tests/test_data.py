@@ -1,4 +1,4 @@
-"""Tests for data.py: every reader on small files written here in the real layouts (DATA_FORMATS.md), packing,
+"""Tests for data.py: every reader on small files written here in the real layouts (docs/data_formats.md), packing,
 lazy features, the tokenisation cache, the pre-training sampler's invariants, and every bad-input case.
 
 Run: python -m pytest -q tests/test_data.py

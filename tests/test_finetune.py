@@ -87,7 +87,7 @@ def test_retrieval_separate_passes_equal_joint_isolated_pass(tiny_world, pretrai
     ids, _ = data.encode_texts(tok, [r["texts"][0] for r in recs])
     v = evaluate.encode_videos(model, clips, "cpu", evaluate.nullcontext())
     t = evaluate.encode_text_ids(model, ids, "cpu", evaluate.nullcontext())
-    # joint pass with the isolated mask (Fig. 3), pooled by hand from the SPEC layout
+    # joint pass with the isolated mask (Fig. 3), pooled by hand from the layout of docs/method.md §1
     b = data.collate_pairs(clips, ids)
     with torch.no_grad():
         h = model(b["video"], b["video_mask"], b["text_ids"], b["text_mask"], attention="isolated")

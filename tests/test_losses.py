@@ -124,7 +124,7 @@ def test_nothing_masked_is_zero_not_nan(fn):
 
 
 class FakeVLM(nn.Module):
-    """Embeddings laid out as in SPEC §1, one single-head attention layer using masking.attention_mask."""
+    """Embeddings laid out as in docs/method.md §1, one single-head attention layer using masking.attention_mask."""
 
     def __init__(self, V=300, H=16):
         super().__init__()

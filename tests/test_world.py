@@ -1,5 +1,5 @@
-"""Tests of the built-in synthetic world (world.py, SPEC section 5): it builds, is byte-identical per seed, and
-every file is a valid example of the real formats in DATA_FORMATS.md, parsed here with json / csv / numpy only
+"""Tests of the built-in synthetic world (world.py): it builds, is byte-identical per seed, and
+every file is a valid example of the real formats in docs/data_formats.md, parsed here with json / csv / numpy only
 (not with data.py). Run: python -m pytest -q tests/test_world.py
 """
 import csv
