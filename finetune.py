@@ -211,19 +211,14 @@ def batch_order(n, batch_size, epoch, seed, rank, world):
 # one fine-tuning run
 
 
-def run(cfg, task, dist_state, dataset=None, verbose=True):
-    """Fine-tune one task, keep the best epoch on validation, evaluate it on test. Returns test metrics."""
+def start_run(cfg, name, rank, device):
+    """OUT/name, the autocast context and scaler, the model to fine-tune (the checkpoint, or with --scratch the
+    same architecture freshly initialised) and its tokenizer."""
     import vlm as vlm_module
-    ddp, rank, world, device = dist_state
-    master = rank == 0
-    dataset = dataset or ("msrvtt" if task == "qa" else cfg.dataset)
-    name = f"{task}-{dataset}" if task == "retrieval" else task
-    name += "-scratch" if cfg.scratch else ""
     out = os.path.join(cfg.out, name)
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(cfg.seed + rank)
-    dtype, ctx, scaler = amp_setup(cfg.dtype, device)
-
+    _, ctx, scaler = amp_setup(cfg.dtype, device)
     base = load_trained(cfg.init)
     if cfg.scratch:  # the same architecture, no pre-training
         torch.manual_seed(cfg.seed)
@@ -232,7 +227,17 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
             with torch.no_grad():  # not BERT's 0.02
                 base.bert.wte.weight.normal_(0.0, cfg.scratch_word_init)
                 base.bert.wte.weight[base.config.pad_token_id].zero_()
-    tok = trained_tokenizer(cfg.init, cfg.data, base.config)
+    return out, ctx, scaler, base, trained_tokenizer(cfg.init, cfg.data, base.config)
+
+
+def run(cfg, task, dist_state, dataset=None, verbose=True):
+    """Fine-tune one task, keep the best epoch on validation, evaluate it on test. Returns test metrics."""
+    ddp, rank, world, device = dist_state
+    master = rank == 0
+    dataset = dataset or ("msrvtt" if task == "qa" else cfg.dataset)
+    name = f"{task}-{dataset}" if task == "retrieval" else task
+    out, ctx, scaler, base, tok = start_run(cfg, name + ("-scratch" if cfg.scratch else ""), rank, device)
+    name = os.path.basename(out)
     mc = base.config
 
     extra, num_classes, trunc = None, 0, 0
@@ -457,15 +462,8 @@ def run_frames(cfg, task, dist_state, verbose=True):
     ddp, rank, world, device = dist_state
     master = rank == 0
     name = ("retrieval-msrvtt" if task == "retrieval" else "qa") + "-frames" + ("-scratch" if cfg.scratch else "")
-    out = os.path.join(cfg.out, name)
-    os.makedirs(out, exist_ok=True)
-    torch.manual_seed(cfg.seed + rank)
-    dtype, ctx, scaler = amp_setup(cfg.dtype, device)
-    base = load_trained(cfg.init)
-    if cfg.scratch:  # the same architecture, no pre-training
-        torch.manual_seed(cfg.seed)
-        base = type(base)(base.config)
-    tok, mc = trained_tokenizer(cfg.init, cfg.data), base.config
+    out, ctx, scaler, base, tok = start_run(cfg, name, rank, device)
+    mc = base.config
     recs, store = data.load_retrieval(cfg.data, "msrvtt", "train", videos=True)
     exs = [{"video_id": r["video_id"], "texts": data.encode_texts(tok, r["texts"], mc.max_text_len - 2)[0]}
            for r in recs]
