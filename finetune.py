@@ -332,6 +332,7 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
         if any_rank(stop.stop, ddp, device):
             if master:
                 print(f"stopped: {ckpt_path} saved after epoch {epoch}; continue with --resume")
+                log.close()
             return None
     if ddp:
         torch.distributed.barrier()
@@ -350,10 +351,11 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
 def save_inside_epoch(model, optimizer, epoch, next_batch, best, step, rng, ckpt_path, dist_state):
     """The resumable state after a stop inside an epoch: weights, optimizer, position, every rank's caption RNG."""
     ddp, rank, world, _ = dist_state
-    states = [(rng.bit_generator.state, torch.get_rng_state())]  # captions drawn, dropout
+    mine = (rng.bit_generator.state, torch.get_rng_state())  # captions drawn, dropout
+    states = [mine]
     if ddp:
         states = [None] * world
-        torch.distributed.all_gather_object(states, states[0])
+        torch.distributed.all_gather_object(states, mine)
     if rank == 0:
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                      "next_batch": next_batch, "best": best, "step": step, "rng": states}, ckpt_path)
@@ -488,6 +490,11 @@ def run_frames(cfg, task, dist_state, verbose=True):
             loss, _, _ = optimizer_step(objective, [batch], optimizer, scaler, ctx, cfg.grad_clip, ddp)
             losses.append(loss)
             step += 1
+            if any_rank(StopFlag().stop, ddp, device):  # Ctrl-C / SIGTERM: stop here (no resume for frames yet)
+                if master:
+                    print(f"{name}: stopped at step {step}; best so far in {best_path} (if any)")
+                    log.close()
+                return None
         if master:  # model selection on the validation split
             val = evaluate.run_frames_task(task, model, cfg.data, "val", tok, device, ctx)
             rec = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "val": val, "seconds": time.time() - t0}
@@ -522,13 +529,19 @@ def run_frames_all(cfg, dist_state):
         for task in ("retrieval", "qa"):
             key = "retrieval-msrvtt" if task == "retrieval" else task
             res[row][key] = run_frames(dataclasses.replace(cfg, scratch=scratch), task, dist_state)
+            if StopFlag().stop:  # no further run, and no table that looks complete
+                print("stopped: allinone.json / results.md not written")
+                return None
     if dist_state[1] != 0:
         return None
     res["allinone_seconds"] = time.time() - t0
     with open(os.path.join(cfg.out, "allinone.json"), "w") as f:
         json.dump(res, f, indent=1)
     path = os.path.join(cfg.out, "results.json")
-    merged = {**(json.load(open(path)) if os.path.exists(path) else {}), **res}
+    merged = dict(res)
+    if os.path.exists(path):
+        with open(path) as f:
+            merged = {**json.load(f), **res}
     table = evaluate.results_table(merged)
     print(table)
     with open(os.path.join(cfg.out, "results.md"), "w") as f:
@@ -547,7 +560,7 @@ def checkpoint_kind(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
         return "vlm"  # load_trained reports the missing checkpoint
-    return torch.load(path, map_location="cpu", weights_only=False).get("model_config", {}).get("model", "vlm")
+    return load_checkpoint(path)["model_config"].get("model", "vlm")
 
 
 def main(argv=None):

@@ -217,7 +217,7 @@ def save_embeddings(out, ids, emb, ckpt, videos, skipped=()):
 def ckpt_stamp(path):
     """(absolute path, modification time of the weights file) identifying a checkpoint's current weights."""
     files = [os.path.join(path, n) for n in ("model.pt", "ckpt.pt")] if os.path.isdir(path) else [path]
-    return os.path.abspath(path), max(os.path.getmtime(f) for f in files if os.path.exists(f))
+    return os.path.abspath(path), max((os.path.getmtime(f) for f in files if os.path.exists(f)), default=0.0)
 
 
 def cached_embeddings(out, ckpt, ids):
