@@ -624,16 +624,24 @@ def encode_texts(tokenizer, texts, max_len=MAX_TEXT):
     return [x[:max_len] for x in ids], n_trunc
 
 
+def pad_texts(texts, pad_id=0):
+    """Id lists -> ids (B, Lt) padded with pad_id to the longest, and the mask of real ids (B, Lt)."""
+    Lt = max(1, max(len(t) for t in texts))
+    text, tlen = torch.full((len(texts), Lt), pad_id, dtype=torch.long), torch.tensor([len(t) for t in texts])
+    for i, t in enumerate(texts):
+        text[i, : len(t)] = torch.as_tensor(t, dtype=torch.long)
+    return text, torch.arange(Lt) < tlen[:, None]
+
+
 def collate_pairs(videos, texts, pad_id=0):
     """Lists of (k_i, 512) arrays and id lists -> batch tensors (docs/method.md §1), padded to the batch maxima."""
-    B, Tv, Lt = len(videos), max(1, max(len(v) for v in videos)), max(1, max(len(t) for t in texts))
-    video, text = torch.zeros(B, Tv, FEAT_DIM), torch.full((B, Lt), pad_id, dtype=torch.long)  # (B, Tv, 512)
-    vlen, tlen = torch.tensor([len(v) for v in videos]), torch.tensor([len(t) for t in texts])
-    for i, (v, t) in enumerate(zip(videos, texts)):
+    B, Tv = len(videos), max(1, max(len(v) for v in videos))
+    video, vlen = torch.zeros(B, Tv, FEAT_DIM), torch.tensor([len(v) for v in videos])  # (B, Tv, 512)
+    for i, v in enumerate(videos):
         video[i, : len(v)] = torch.from_numpy(np.asarray(v, dtype=np.float32))
-        text[i, : len(t)] = torch.as_tensor(t, dtype=torch.long)
+    text, text_mask = pad_texts(texts, pad_id)  # (B, Lt)
     return {"video": video, "video_mask": torch.arange(Tv) < vlen[:, None],  # (B, Tv)
-            "text_ids": text, "text_mask": torch.arange(Lt) < tlen[:, None]}  # (B, Lt)
+            "text_ids": text, "text_mask": text_mask}
 
 
 def _asr_time(x):

@@ -656,14 +656,6 @@ def clip_frames(store, recs, cfg):
                         for r in recs])
 
 
-def _text_batch(ids, pad_id):
-    Lt = max(1, max(len(t) for t in ids))
-    out, mask = torch.full((len(ids), Lt), pad_id, dtype=torch.long), torch.zeros(len(ids), Lt, dtype=torch.bool)
-    for i, t in enumerate(ids):
-        out[i, :len(t)], mask[i, :len(t)] = torch.as_tensor(t, dtype=torch.long), True
-    return out, mask  # (N, Lt)
-
-
 @torch.no_grad()
 def frames_vectors(model, frames, ids, device, ctx, batch_size=64):
     """Pooled text (N_text, H) and video (N_video, H) vectors from separate passes (no rolling)."""
@@ -672,7 +664,7 @@ def frames_vectors(model, frames, ids, device, ctx, batch_size=64):
         with ctx:
             v.append(model.encode_video(frames[sl].to(device)).float().cpu())
     for sl in _batches(len(ids), 4 * batch_size):
-        x, m = _text_batch(ids[sl], model.config.pad_token_id)
+        x, m = data.pad_texts(ids[sl], model.config.pad_token_id)  # (N, Lt)
         with ctx:
             t.append(model.encode_text(x.to(device), m.to(device)).float().cpu())
     return torch.cat(t), torch.cat(v)

@@ -445,7 +445,7 @@ def frames_batch(exs, store, mc, rng):
     video visit."""
     frames = torch.stack([store.clip(e["video_id"], None, None, mc.num_frames, mc.frame_size, True, rng)
                           for e in exs])
-    ids, mask = evaluate._text_batch([e["texts"][rng.integers(len(e["texts"]))] for e in exs], mc.pad_token_id)
+    ids, mask = data.pad_texts([e["texts"][rng.integers(len(e["texts"]))] for e in exs], mc.pad_token_id)
     return {"frames": frames, "text_ids": ids, "text_mask": mask}
 
 
