@@ -211,10 +211,3 @@ def config_from_dict(raw, where="config"):
     if unknown:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)} (not an allinone.py checkpoint?)")
     return AllInOneConfig(**raw)
-
-
-def model_from_config(raw, where="config"):
-    """The model a saved config dict describes: AllInOne when it records model="allinone", else VLM."""
-    if raw.get("model") == "allinone":
-        return AllInOne(config_from_dict(raw, where))
-    return VLM(VLMConfig(**raw))

@@ -31,17 +31,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from datetime import datetime, timezone
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+import allinone
 import data
+import evaluate
 import losses
 import train
 import vlm
+import world
+from allinone import roll_tokens
+from common import amp_setup
+from tokens import load_tokenizer
 
 SECTIONS = ["encoder", "step", "retrieval", "decode", "data", "memory", "comm", "frames"]
 ROWS = []  # the table: (what, ours, reference, ratio, target, met)
@@ -235,7 +241,7 @@ def bench_step(args, device, ctx, res):
     B = args.step_clips or (4 if args.quick else 256 if "cuda" in device else 8)
     model, batch, mgen = step_parts(cfg, B, device)
     opt = train.make_optimizer(model, 5e-5, 0.98, device)  # fused Adam on GPU
-    _, ctx, scaler = train.amp_setup("auto", device)
+    _, ctx, scaler = amp_setup("auto", device)
     raw = model
     if args.compile:
         model = torch.compile(model)
@@ -277,7 +283,6 @@ def bench_step(args, device, ctx, res):
 
 
 def bench_retrieval(args, device, ctx, res):
-    import evaluate
     N = 64 if args.quick else 1000
     cfg = base_config(True) if args.quick else small_config()
     torch.manual_seed(0)
@@ -360,7 +365,6 @@ def bench_decode(args, device, ctx, res):
 
 
 def bench_data(args, device, ctx, res):
-    import world
     tmp = tempfile.mkdtemp(prefix="vlm-bench-")
     root = "data/world"
     if args.quick or not os.path.exists(os.path.join(root, "howto100m", "raw_caption.json")):
@@ -372,7 +376,7 @@ def bench_data(args, device, ctx, res):
     clips = step.get("clips", 4 if args.quick else 8)
     K = min(32, clips)
     bv = max(1, clips // K)
-    d = data.PretrainData(root, vlm.load_tokenizer(root), clips_per_video=K, features=packed)
+    d = data.PretrainData(root, load_tokenizer(root), clips_per_video=K, features=packed)
     n, dt = data.time_loader(d, bv, 0, 5 if args.quick else 40)
     rate = n / dt
     out = dict(world=root, batch=f"{bv} videos x {K} clips", loader_clips_per_s=rate, workers=0)
@@ -396,7 +400,7 @@ def peak_memory(what, layers, clips, quick, device):
     cfg = base_config(quick, num_hidden_layers=layers) if layers else base_config(quick)
     model, batch, mgen = step_parts(cfg, clips, device)
     opt = train.make_optimizer(model, 5e-5, 0.98, device)
-    _, ctx, scaler = train.amp_setup("auto", device)
+    _, ctx, scaler = amp_setup("auto", device)
     if what == "loss":  # the loss's cost does not depend on the values of h: random states, no encoder pass
         T = vlm.TEXT_START + batch["text_ids"].shape[1] + 1
         h = torch.randn(clips, T, cfg.hidden_size, device=device, requires_grad=True)  # (B, T, H)
@@ -472,7 +476,6 @@ def bench_memory(args, device, ctx, res):
 
 
 def bench_comm(args, device, ctx, res):
-    import torch.distributed as dist
     if int(os.environ.get("RANK", -1)) == -1:
         print("comm: skipped (run under torchrun --standalone --nproc_per_node=N bench.py --sections comm)")
         return {"skipped": "not under torchrun"}
@@ -495,7 +498,6 @@ def bench_comm(args, device, ctx, res):
 
 def frames_parts(quick, B, seed=0):
     """The features model and the frames model (allinone.py) with the same encoder shape, and a batch each."""
-    import allinone
     c = small_config(1000) if not quick else base_config(True)
     shape = dict(vocab_size=1000, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
                  num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size)
@@ -511,7 +513,6 @@ def frames_parts(quick, B, seed=0):
 
 
 def bench_frames(args, device, ctx, res):
-    from allinone import roll_tokens
     B = 4 if args.quick else 16
     vmodel, fmodel, feats, frames = frames_parts(args.quick, B)
     gen = torch.Generator().manual_seed(0)
@@ -550,7 +551,6 @@ def bench_decode_video(args):
     except ImportError:
         print("frames: PyAV not installed, video decoding not measured")
         return {}
-    import world
     size, n = (32, 20) if args.quick else (224, 250)  # 224 x 224 at 25 frames/s, 10 s
     clip = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     clip = np.clip(clip // 4 + np.linspace(0, 180, size, dtype=np.uint8)[None, None, :, None], 0, 255)
@@ -617,12 +617,11 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     if int(os.environ.get("RANK", -1)) != -1:
-        import torch.distributed as dist
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
         if device == "cuda":
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
-    _, ctx, _ = train.amp_setup("auto", device)  # bf16 autocast on GPU, nothing on CPU
+    _, ctx, _ = amp_setup("auto", device)  # bf16 autocast on GPU, nothing on CPU
     dtype = torch.bfloat16 if "cuda" in device else torch.float32
     t_start = time.perf_counter()
     c = base_config(args.quick)

@@ -26,11 +26,14 @@ Bad input (nothing is dropped silently; every skip is counted and printed in one
     clip:  times past the end of the features are clipped to T and counted.
 Derived files (the token cache) are written only where the caller says (train.py: OUT/cache), never beside the data.
 """
-import argparse, glob, hashlib, json, math, os, pickle, sys, time, zlib
+import argparse, glob, hashlib, json, math, os, pickle, time, zlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from common import cli
+from tokens import load_tokenizer
 
 FEAT_DIM = 512     # S3D feature size
 MAX_VIDEO = 32     # seconds of video per example
@@ -1092,16 +1095,10 @@ def stats(root):
 
 
 def _tokenizer(root):
-    """The tokenizer next to the data (vlm.load_tokenizer; tokenizer.json directly if vlm.py is absent)."""
+    """The tokenizer next to the data: in DIR itself, or in the directory above a features folder."""
     d = root if glob.glob(os.path.join(root, "tokenizer.json")) + glob.glob(os.path.join(root, "vocab.txt")) \
         else os.path.dirname(os.path.abspath(root))
-    try:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from vlm import load_tokenizer
-        return load_tokenizer(d)
-    except ImportError:
-        from tokenizers import Tokenizer
-        return Tokenizer.from_file(_need(os.path.join(d, "tokenizer.json")))
+    return load_tokenizer(d)
 
 
 def bench(root, workers=(0, 1, 2), batch_videos=8, n_batches=20):
@@ -1112,19 +1109,6 @@ def bench(root, workers=(0, 1, 2), batch_videos=8, n_batches=20):
         n, dt = time_loader(data, batch_videos, w, n_batches)
         print(f"workers={w}: {n / dt:.0f} clips/s ({n} clips in {dt:.2f} s, batch {batch_videos} videos)")
         data._loaders.clear()  # shut this setting's workers down before timing the next
-
-
-def cli(main, errors=()):
-    """Run a command's main(): a DataError, a missing file or one of `errors` is printed as one line naming its
-    culprit, without a traceback, and the process exits with status 1 (130 on a Ctrl-C outside a training loop)."""
-    try:
-        return main()
-    except (DataError, FileNotFoundError, *errors) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 def main(argv=None):
@@ -1162,4 +1146,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, errors=(DataError,))

@@ -37,6 +37,9 @@ import torch
 import torch.nn.functional as F
 
 import data
+from checkpoint import CheckpointError, load_finetuned, load_model, trained_tokenizer
+from common import amp_setup, cli, flag_type
+from tokens import load_tokenizer
 
 # =====================================================================================================
 # METRICS (numpy / stdlib only; the evaluation runners and the command line come after this section)
@@ -716,27 +719,6 @@ def paper_scale(m):
     return {k: (v if v is None or k == "CIDEr" else 100 * v) for k, v in m.items()}
 
 
-def load_finetuned(path, device="cpu", task=None):
-    """A fine-tuned checkpoint written by finetune.py (best.pt): the encoder plus the task's head."""
-    from finetune import TaskModel
-    from train import load_checkpoint, load_state_checked
-    ck = load_checkpoint(path, need=())
-    if "task" not in ck:
-        raise SystemExit(f"{path}: not a fine-tuned checkpoint (no 'task' key); for zero-shot use --zero_shot")
-    if task and ck["task"] != task:
-        raise SystemExit(f"{path}: a {ck['task']} checkpoint, but --task is {task}")
-    from allinone import model_from_config  # VLM, or the frames model when the config says model="allinone"
-    model = TaskModel(model_from_config(ck["model_config"], path), ck["num_classes"])
-    model.cosine = ck.get("temperature", 0.0) > 0  # trained on cosine logits: rank by cosine too
-    load_state_checked(model.vlm, ck["model"], path)
-    if model.head is not None:
-        load_state_checked(model.head, ck["head"], path)
-    if ck.get("tokenizer"):
-        from tokenizers import Tokenizer
-        model.tokenizer = Tokenizer.from_str(ck["tokenizer"])
-    return model.to(device).eval()
-
-
 @torch.no_grad()
 def video_collapse(vlm, data_dir, n=32):
     """How much of the video stream is one shared direction (README, "What pre-training buys"): the norm of
@@ -1040,8 +1022,6 @@ def results_table(results):
 
 def main(argv=None):
     import argparse
-    import vlm as vlm_module
-    from train import amp_setup, flag_type, load_trained, trained_tokenizer
     p = argparse.ArgumentParser(description="Evaluate a checkpoint on one downstream task (paper metrics).")
     p.add_argument("--task", choices=list(SELECT), help="downstream task")
     p.add_argument("--diagnose", action="store_true", help="print how collapsed a pre-trained model's video "
@@ -1061,12 +1041,12 @@ def main(argv=None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _, ctx, _ = amp_setup(a.dtype, device)
     if a.diagnose:
-        d = video_collapse(load_trained(a.ckpt).eval(), a.data)
+        d = video_collapse(load_model(a.ckpt).eval(), a.data)
         print(" ".join(f"{k} {v:.3f}" for k, v in d.items()))
         return d
     if a.probe:
-        model = load_trained(a.ckpt).to(device).eval()
-        tok = (vlm_module.load_tokenizer(a.tokenizer) if a.tokenizer
+        model = load_model(a.ckpt).to(device).eval()
+        tok = (load_tokenizer(a.tokenizer) if a.tokenizer
                else trained_tokenizer(a.ckpt, a.data, model.config))
         return grounding_probes(model, a.data, tok, device, ctx)
     if not a.task:
@@ -1075,11 +1055,11 @@ def main(argv=None):
         if a.task not in ("retrieval", "localization"):
             raise SystemExit("--zero_shot applies to retrieval and localization (other tasks need a new head or "
                              "fine-tuning)")
-        model = load_trained(a.ckpt).to(device).eval()
+        model = load_model(a.ckpt).to(device).eval()
     else:
         model = load_finetuned(a.ckpt, device, task=a.task)
     if a.tokenizer:
-        tok = vlm_module.load_tokenizer(a.tokenizer)
+        tok = load_tokenizer(a.tokenizer)
     elif getattr(model, "tokenizer", None) is not None:  # fine-tuned checkpoints carry their tokenizer
         tok = model.tokenizer
     else:
@@ -1104,6 +1084,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from data import cli
-    from train import CheckpointError
-    cli(main, errors=(CheckpointError,))
+    cli(main, errors=(data.DataError, CheckpointError))

@@ -25,16 +25,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import data
 import evaluate
+import vlm as vlm_module
+from checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_finetuned, load_model,
+                        load_state_checked, trained_tokenizer)
+from common import amp_setup, cli
 from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
-from train import (Objective, StopFlag, amp_setup, any_rank, atomic_save, ensure_world, load_trained, lr_at,
-                   make_optimizer, optimizer_step, parse_config, setup_distributed, to_device, trained_tokenizer,
-                   wrap_ddp)
-from train import RANGES, CheckpointError, exit_if_stopped, load_checkpoint, load_state_checked
+from train import (RANGES, Objective, StopFlag, any_rank, ensure_world, exit_if_stopped, lr_at, make_optimizer,
+                   optimizer_step, parse_config, setup_distributed, to_device, wrap_ddp)
+from vlm import TaskModel
 
 TASKS = ("retrieval", "qa", "segmentation", "localization", "captioning")
 # default passes over each task's training set on the built-in world (--epochs overrides)
@@ -64,18 +66,6 @@ class FinetuneConfig:
     seeds: str = ""  # --task all: comma-separated fine-tuning seeds (e.g. 0,1,2); the table shows mean +- std over them
     synth_size: str = "default"  # size of the built-in world built if --data is missing
     model: str = "auto"  # auto (the kind the --init checkpoint records) | vlm | allinone (raw frames)
-
-
-# -----------------------------------------------------------------------------------------------------------
-# the task model: the shared encoder plus the one new layer a task may need
-
-
-class TaskModel(nn.Module):
-    def __init__(self, vlm, num_classes=0):
-        super().__init__()
-        self.vlm = vlm
-        # sec. 4.2: a classification head on the hidden state of every video token (segmentation only)
-        self.head = nn.Linear(vlm.config.hidden_size, num_classes) if num_classes else None
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -214,12 +204,11 @@ def batch_order(n, batch_size, epoch, seed, rank, world):
 def start_run(cfg, name, rank, device):
     """OUT/name, the autocast context and scaler, the model to fine-tune (the checkpoint, or with --scratch the
     same architecture freshly initialised) and its tokenizer."""
-    import vlm as vlm_module
     out = os.path.join(cfg.out, name)
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(cfg.seed + rank)
     _, ctx, scaler = amp_setup(cfg.dtype, device)
-    base = load_trained(cfg.init)
+    base = load_model(cfg.init)
     if cfg.scratch:  # the same architecture, no pre-training
         torch.manual_seed(cfg.seed)
         base = type(base)(base.config)
@@ -338,7 +327,7 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
         torch.distributed.barrier()
     result = None
     if master:
-        best_model = evaluate.load_finetuned(best_path, device)
+        best_model = load_finetuned(best_path, device)
         result = evaluate.run_task(task, best_model, cfg.data, "test", tok, dataset=dataset, device=device, ctx=ctx)
         with open(os.path.join(out, "test.json"), "w") as f:
             json.dump(result, f, indent=1)
@@ -395,7 +384,7 @@ def run_all(cfg, dist_state):
         return None
     device = dist_state[3]
     _, ctx, _ = amp_setup(cfg.dtype, device)
-    model = load_trained(cfg.init).to(device).eval()
+    model = load_model(cfg.init).to(device).eval()
     tok = trained_tokenizer(cfg.init, cfg.data, model.config)
     results["zero_shot"] = {  # paper Table 5, first VLM row: straight from pre-training
         "retrieval-msrvtt": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "msrvtt", device, ctx),
@@ -512,7 +501,7 @@ def run_frames(cfg, task, dist_state, verbose=True):
         torch.distributed.barrier()
     if not master:
         return None
-    result = evaluate.run_frames_task(task, evaluate.load_finetuned(best_path, device), cfg.data, "test", tok,
+    result = evaluate.run_frames_task(task, load_finetuned(best_path, device), cfg.data, "test", tok,
                                       device, ctx)
     with open(os.path.join(out, "test.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -559,7 +548,7 @@ def checkpoint_kind(path):
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
-        return "vlm"  # load_trained reports the missing checkpoint
+        return "vlm"  # load_model reports the missing checkpoint
     return load_checkpoint(path)["model_config"].get("model", "vlm")
 
 
@@ -586,4 +575,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.cli(main, errors=(CheckpointError,))
+    cli(main, errors=(data.DataError, CheckpointError))

@@ -19,12 +19,10 @@ import argparse
 import dataclasses
 import inspect
 import json
-import math
 import os
 import shutil
 import signal
 import time
-import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -32,6 +30,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from tqdm import tqdm
+
+import allinone
+import evaluate
+import vlm
+import world
+from checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model, load_state_checked,
+                        save_model_dir)
+from common import amp_setup, cli, flag_type
+from data import DataError, FramePretrainData, PretrainData
+from losses import allinone_loss, pretrain_loss
+from tokens import load_tokenizer, special_ids
 
 # -----------------------------------------------------------------------------------------------------------
 # configuration
@@ -98,26 +108,6 @@ RANGES = dict(layers=(1, None), hidden=(1, None), heads=(1, None), word_init=(0,
               mmm_prob=(0, 1), min_text_len=(1, None), max_text_len=(1, None), log_every=(1, None),
               eval_every=(0, None), eval_batches=(1, None), ckpt_every=(1, None), stop_after=(0, None),
               max_bad_steps=(1, None), batch_size=(1, None))
-
-
-def flag_type(name, typ, low=None, high=None, low_excluded=False):
-    """An argparse type for --name: a `typ` in [low, high] (low excluded if asked); the error names the range."""
-    kind = "an integer" if typ is int else "a number"
-    want = " and ".join(([f"> {low}" if low_excluded else f">= {low}"] if low is not None else []) +
-                        ([f"<= {high}"] if high is not None else []))
-
-    def parse(text):
-        try:
-            x = typ(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name} must be {kind}, got {text!r}") from None
-        if (typ is float and not math.isfinite(x)) or (low is not None and (x < low or (low_excluded and x == low))) \
-                or (high is not None and x > high):
-            raise argparse.ArgumentTypeError(f"--{name} must be {kind} {want}, got {text}")
-        return x
-
-    parse.__name__ = typ.__name__
-    return parse
 
 
 def field_help(cls):
@@ -187,18 +177,6 @@ def setup_distributed():
     return True, rank, world, device
 
 
-def amp_setup(dtype, device):
-    """One autocast context and a GradScaler (enabled for float16 only)."""
-    device_type = "cuda" if "cuda" in device else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise SystemExit(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    return dtype, ctx, scaler
-
-
 def lr_at(step, lr, warmup, total):
     """Linear warm-up to lr, then linear (polynomial power 1) decay to 0 at `total` steps."""
     if step < warmup:
@@ -210,111 +188,6 @@ def make_optimizer(model, lr, beta2, device):
     """Adam (0.9, beta2), eps 1e-8, no weight decay (sec. 5.2); the fused kernel on GPU."""
     fused = "cuda" in device
     return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, beta2), eps=1e-8, fused=fused)
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read, written or used here; the message names the file and what is wrong."""
-
-
-def atomic_save(obj, path):
-    """torch.save to a temp file, fsync, rename: a kill at any moment leaves the previous file usable. On any
-    failure (disk full, ...) the temp file is removed and the previous file is left as it was."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, Exception):  # OSError, or torch's RuntimeError from its zip writer
-            raise CheckpointError(f"{path}: could not write the checkpoint ({type(e).__name__}: {e}); the "
-                                  f"previous {os.path.basename(path)}, if any, is intact") from e
-        raise
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def save_model_dir(model, out_dir, tokenizer=None):
-    """VLM.save into a temp directory beside out_dir, then swap it in: a failure while writing leaves the
-    previous out_dir whole (the temp directory is removed)."""
-    tmp, old = f"{out_dir}.tmp.{os.getpid()}", f"{out_dir}.old.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save(tmp, tokenizer=tokenizer)
-    except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"{out_dir}: could not write the model ({type(e).__name__}: {e}); the previous "
-                              f"{out_dir}, if any, is intact") from e
-    if os.path.exists(out_dir):
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _torch_file(path):
-    """torch.load of a file, or a CheckpointError saying why it is not a checkpoint (empty, truncated, other)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        with open(path, "rb") as f:
-            head = f.read(4)
-        why = ("an empty file" if not head else
-               "truncated (a zip archive without its end)" if head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
-               else "not a PyTorch checkpoint (or damaged)")
-        raise CheckpointError(f"{path}: {why}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-
-
-def load_checkpoint(path, need=("model", "model_config")):
-    """Read a checkpoint of this project -> dict. `path` is a file written by torch.save (train.py's ckpt.pt,
-    finetune.py's best.pt / ckpt.pt) or a model directory written by VLM.save (config.json + model.pt, returned
-    as {"model_config", "model", "dir"}); a directory holding only ckpt.pt reads that. The one loader behind
-    --resume, --init, --init_from (for model directories) and evaluate.py --ckpt: every failure is a
-    CheckpointError naming the file (missing, empty, truncated, not a checkpoint, lacking a key in `need`)."""
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "model.pt")) \
-            and os.path.exists(os.path.join(path, "ckpt.pt")):
-        path = os.path.join(path, "ckpt.pt")
-    if os.path.isdir(path):
-        cfg_path, pt = os.path.join(path, "config.json"), os.path.join(path, "model.pt")
-        for p in (cfg_path, pt):
-            if not os.path.exists(p):
-                raise CheckpointError(f"{path}: not a model directory of this project: no {os.path.basename(p)}")
-        try:
-            with open(cfg_path) as f:
-                raw = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{cfg_path}: not valid JSON (truncated?): {e}") from None
-        ckpt = {"model_config": raw, "model": _torch_file(pt), "dir": path}
-    elif os.path.exists(path):
-        ckpt = _torch_file(path)
-    else:
-        raise CheckpointError(f"{path}: no such checkpoint (expected a model directory or a .pt file)")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in need):
-        got = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: not a checkpoint of this project: needs keys {list(need)}, has {got}")
-    return ckpt
-
-
-def load_state_checked(module, sd, path, flags=None):
-    """module.load_state_dict(sd), or a CheckpointError naming the file, the first mismatched tensors and, from
-    `flags` {flag: (checkpoint value, current value)}, the command-line flags that differ."""
-    own = module.state_dict()
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd
-              and hasattr(sd[k], "shape") and sd[k].shape != own[k].shape]
-    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
-    if shapes or missing or unexpected:
-        parts = [f"{name} ({len(x)}): {', '.join(x[:3])}{', ...' if len(x) > 3 else ''}"
-                 for name, x in (("shape mismatches, checkpoint vs model", shapes), ("missing keys", missing),
-                                 ("unexpected keys", unexpected)) if x]
-        differ = [f"--{k} {a} in the checkpoint vs {b} now" for k, (a, b) in (flags or {}).items() if a != b]
-        raise CheckpointError(f"{path}: does not fit this model: " + "; ".join(parts) +
-                              (f"; it was written with {', '.join(differ)}" if differ else ""))
-    module.load_state_dict(sd)
 
 
 def rng_state(gen):
@@ -430,7 +303,6 @@ def ensure_world(data_dir, size, seed, master, ddp, video=False):
     while the other ranks wait; it is written under a temp name and renamed, so a killed build never looks like a
     world."""
     if master and not os.path.exists(data_dir):
-        import world
         print(f"building the built-in world ({size}{', with video' if video else ''}) in {data_dir} ...")
         t0 = time.time()
         final = os.path.abspath(data_dir)
@@ -445,21 +317,20 @@ def ensure_world(data_dir, size, seed, master, ddp, video=False):
 
 def build_model(cfg, data_dir):
     """A BERT checkpoint (--init_from) or a small model from scratch with the data's own tokenizer."""
-    import vlm
     if cfg.init_from:
         if not os.path.isdir(cfg.init_from):
             raise CheckpointError(f"--init_from {cfg.init_from}: no such directory (a Hugging Face BERT directory)")
         if os.path.exists(os.path.join(cfg.init_from, "model.pt")):  # a model directory of this project
-            return load_trained(cfg.init_from), vlm.load_tokenizer(cfg.init_from)
+            return load_model(cfg.init_from), load_tokenizer(cfg.init_from)
         try:
-            return vlm.VLM.from_pretrained(cfg.init_from), vlm.load_tokenizer(cfg.init_from)
+            return vlm.VLM.from_pretrained(cfg.init_from), load_tokenizer(cfg.init_from)
         except CheckpointError:
             raise
         except Exception as e:  # a damaged weight file, config.json or tokenizer
             raise CheckpointError(f"--init_from {cfg.init_from}: cannot load ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0][:300]})") from None
-    tok = vlm.load_tokenizer(data_dir)
-    ids = vlm.special_ids(tok)
+    tok = load_tokenizer(data_dir)
+    ids = special_ids(tok)
     mcfg = vlm.VLMConfig(vocab_size=tok.get_vocab_size(), hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
                          num_attention_heads=cfg.heads, intermediate_size=4 * cfg.hidden,
                          cls_token_id=ids["cls"], sep_token_id=ids["sep"], mask_token_id=ids["mask"],
@@ -478,72 +349,16 @@ def build_model(cfg, data_dir):
 
 def build_frames_model(cfg, data_dir):
     """The All-in-One frames model (allinone.py): from a BERT checkpoint (--init_from) or from scratch."""
-    import allinone
-    import vlm
     frame = dict(frame_size=cfg.frame_size, patch_size=cfg.patch_size, num_frames=cfg.num_frames)
     if cfg.init_from:
-        return allinone.AllInOne.from_pretrained(cfg.init_from, **frame), vlm.load_tokenizer(cfg.init_from)
-    tok = vlm.load_tokenizer(data_dir)
-    ids = vlm.special_ids(tok)
+        return allinone.AllInOne.from_pretrained(cfg.init_from, **frame), load_tokenizer(cfg.init_from)
+    tok = load_tokenizer(data_dir)
+    ids = special_ids(tok)
     mcfg = allinone.AllInOneConfig(vocab_size=tok.get_vocab_size(), hidden_size=cfg.hidden,
                                    num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
                                    intermediate_size=4 * cfg.hidden, cls_token_id=ids["cls"], sep_token_id=ids["sep"],
                                    mask_token_id=ids["mask"], pad_token_id=ids["pad"], **frame)
     return allinone.AllInOne(mcfg), tok
-
-
-def trained_tokenizer(path, data_dir, config=None):
-    """The tokenizer saved with a model (its directory, or beside a ckpt.pt), else the data directory's. The
-    data's tokenizer is taken only if it fits the model (`config`, a VLMConfig, or the model directory's
-    config.json): same vocabulary size and special token ids; otherwise a CheckpointError."""
-    import vlm
-    for d in (path if os.path.isdir(path) else os.path.dirname(path), os.path.join(os.path.dirname(path), "model"),
-              data_dir):
-        if any(os.path.exists(os.path.join(d, f)) for f in ("tokenizer.json", "vocab.txt")):
-            try:
-                tok = vlm.load_tokenizer(d)
-            except ValueError as e:  # a damaged tokenizer.json (the message names it)
-                raise CheckpointError(str(e)) from None
-            if d == data_dir:
-                _check_data_tokenizer(tok, path, data_dir, config)
-            return tok
-    raise FileNotFoundError(f"no tokenizer.json or vocab.txt beside {path} or in {data_dir}")
-
-
-def _check_data_tokenizer(tok, path, data_dir, config):
-    import vlm
-    if config is None and os.path.exists(os.path.join(path, "config.json")):
-        config = load_checkpoint(path)["model_config"]
-    if config is None:
-        return
-    c = config if isinstance(config, dict) else dataclasses.asdict(config)
-    ids = vlm.special_ids(tok)
-    have = {"vocab_size": tok.get_vocab_size(), **{f"{k}_token_id": v for k, v in ids.items()}}
-    bad = [f"{k} {c[k]} vs {v}" for k, v in have.items() if k in c and c[k] != v]
-    if bad:
-        raise CheckpointError(f"{path}: has no tokenizer, and the one in {data_dir} does not fit it (model vs "
-                              f"data: {', '.join(bad)}); put the model's tokenizer.json beside it")
-    print(f"note: {path} has no tokenizer; using {data_dir}'s (same size and special tokens)")
-
-
-def load_trained(path):
-    """A model from a project checkpoint: a model directory (VLM.save) or a training ckpt.pt (load_checkpoint)."""
-    import vlm
-    ckpt = load_checkpoint(path)
-    raw = ckpt["model_config"]
-    if raw.get("model") != "allinone":
-        unknown = set(raw) - {f.name for f in dataclasses.fields(vlm.VLMConfig)}
-        if unknown:
-            raise CheckpointError(f"{path}: unknown model_config fields {sorted(unknown)} (not a vlm.py checkpoint?)")
-    from allinone import model_from_config
-    model = model_from_config(raw, path)  # VLM, or AllInOne when the config records model="allinone"
-    load_state_checked(model, ckpt["model"], path)
-    if "dir" in ckpt:  # a model directory: remember (and check) its tokenizer, as VLM.load does
-        try:
-            vlm._attach_tokenizer(model, ckpt["dir"])
-        except ValueError as e:
-            raise CheckpointError(str(e)) from None
-    return model
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -578,8 +393,6 @@ def main(argv=None):
     if cfg.model not in ("vlm", "allinone"):
         raise SystemExit(f"--model {cfg.model!r}: choose vlm or allinone")
     StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
-    from data import FramePretrainData, PretrainData
-    from losses import allinone_loss, pretrain_loss
 
     ddp, rank, world, device = setup_distributed()
     master = rank == 0
@@ -671,7 +484,6 @@ def main(argv=None):
     stop = StopFlag()
     bar = None
     if master:
-        from tqdm import tqdm
         bar = tqdm(total=total, initial=step, dynamic_ncols=True, disable=None)
     clips_per_step = cfg.batch_videos * cfg.clips_per_video * cfg.grad_accum * world
     t_last, steps_since = time.time(), 0
@@ -734,7 +546,6 @@ def main(argv=None):
             print(f"done: {step} steps, {n_skipped} skipped. checkpoint {ckpt_path}, model {model_dir}")
             print(f"next: python finetune.py --task all --init {model_dir} --data {cfg.data}")
             if cfg.probe and not frames:  # does pre-training link words to video? (README, "Grounding probes")
-                import evaluate
                 raw_model.eval()
                 evaluate.grounding_probes(raw_model, cfg.data, tok, device, ctx)
     if ddp:
@@ -745,5 +556,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from data import cli
-    cli(main, errors=(CheckpointError,))
+    cli(main, errors=(DataError, CheckpointError))

@@ -24,9 +24,16 @@ import os
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+import checkpoint
 import data
+import plots
 import vlm as vlm_module
+from common import amp_setup
+from evaluate import encode_text_ids
+from masking import layout
+from tokens import load_tokenizer
 
 FEATURE_EXTS = (".npy",)
 FRAME_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -36,10 +43,8 @@ FRAME_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def load_model(path, data_dir="data/world", tokenizer=""):
-    """Any project checkpoint -> (VLM in eval mode, tokenizer, the fine-tuned task or None). The only place that
-    calls the checkpoint loaders."""
-    import evaluate
-    import train
+    """Any project checkpoint -> (VLM in eval mode, tokenizer, the fine-tuned task or None), through checkpoint.py's
+    loaders."""
     if not os.path.exists(path):
         raise SystemExit(f"--ckpt {path}: no such file or directory")
     task, tok = None, None
@@ -50,14 +55,14 @@ def load_model(path, data_dir="data/world", tokenizer=""):
         except Exception as e:
             raise SystemExit(f"--ckpt {path}: not a checkpoint of this project ({type(e).__name__}: {e})") from None
     if "task" in ck:  # a fine-tuned best.pt (finetune.py)
-        tm = evaluate.load_finetuned(path)
+        tm = checkpoint.load_finetuned(path)
         model, task, tok = tm.vlm, ck["task"], getattr(tm, "tokenizer", None)
     else:
-        model = train.load_trained(path)
+        model = checkpoint.load_model(path)
     if tokenizer:
-        tok = vlm_module.load_tokenizer(tokenizer)
+        tok = load_tokenizer(tokenizer)
     elif tok is None:
-        tok = train.trained_tokenizer(path, data_dir)
+        tok = checkpoint.trained_tokenizer(path, data_dir)
     if tok.get_vocab_size() != model.config.vocab_size:
         raise SystemExit(f"{path}: the tokenizer has {tok.get_vocab_size()} entries, the model's embeddings "
                          f"{model.config.vocab_size}: pass --tokenizer DIR")
@@ -118,7 +123,6 @@ def video_id(path):
 def clip_batches(paths, kind, batch_size, desc="videos", frames=None):
     """Yield (paths, clips) a batch at a time, with a progress bar: each video's first 32 s, as the evaluation
     runners use them. Unreadable files are skipped and named, longer videos counted, one line each at the end."""
-    from tqdm import tqdm
     bad, longer, n = [], 0, 0
     for i in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=None):
         kept, clips = [], []
@@ -156,7 +160,6 @@ def one_clip(path, kind, frames=None):
 
 
 def setup_device():
-    from train import amp_setup
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return device, amp_setup("auto", device)[1]
 
@@ -196,7 +199,6 @@ def tokenize(tok, texts, max_len=data.MAX_TEXT):
 
 def embed_texts(model, tok, texts):
     """(N, H) float32 text embeddings (the evaluation runners' own text encoder)."""
-    from evaluate import encode_text_ids
     device, ctx = setup_device()
     n = model.config.max_text_len - 2 if video_input(model) == "frames" else data.MAX_TEXT  # [CLS], [SEP] added
     return encode_text_ids(model.to(device), tokenize(tok, texts, n), device, ctx)
@@ -388,7 +390,6 @@ def caption(a):
 def attention_maps(model, tok, video, text_ids, mask="full"):
     """One video (T, 512) and content ids -> (probs (layers, nh, n, n), token labels) over the n real tokens
     [CLS] v1..vn [SEP] t_1..t_m [SEP] of Eq. 2, under a Fig. 3 mask (full / isolated / caption)."""
-    from masking import layout
     b = data.collate_pairs([video], [text_ids])
     attns = [layer.attn for layer in model.bert.layers]
     for at in attns:
@@ -407,7 +408,6 @@ def attention_maps(model, tok, video, text_ids, mask="full"):
 
 
 def attention(a):
-    import plots
     model, tok, _ = load_model(a.ckpt, a.data, a.tokenizer)
     features_only(model, a.ckpt, "Fig. 4 attention maps (its rows are per frame)")
     ids = tokenize(tok, [a.text])[0]
@@ -463,7 +463,6 @@ def log_panels(paths):
 
 
 def plot_log(a):
-    import plots
     plots.line_chart(log_panels(a.logs), a.out)
     print(f"wrote {a.out}")
 
@@ -536,7 +535,6 @@ def export_hf(a):
 def figures(a):
     """docs/loss.svg (pre-training), docs/finetune.svg (retrieval fine-tuning), docs/attention-full.svg and
     attention-caption.svg (Fig. 4: layer 1, head 1) for the first MSR-VTT-like test video and its caption."""
-    import plots
     os.makedirs(a.out, exist_ok=True)
     plots.line_chart(log_panels([os.path.join(a.pretrain, "log.jsonl")]), os.path.join(a.out, "loss.svg"))
     logs = [os.path.join(a.finetune, n, "log.jsonl") for n in ("retrieval-msrvtt", "retrieval-msrvtt-scratch")]

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from masking import attention_mask
+from tokens import load_tokenizer, special_ids
 
 VIDEO_START = 1    # index of v_1
 SEP1 = 33          # index of the [SEP] after the 32 video slots
@@ -82,55 +83,6 @@ def check_config(cfg, where="config"):
         raise ValueError(f"{where}: max_video_len {cfg.max_video_len} != {MAX_VIDEO} (the layout is fixed, docs/method.md §1)")
     if cfg.max_position_embeddings < cfg.max_len:
         raise ValueError(f"{where}: max_position_embeddings {cfg.max_position_embeddings} < max_len {cfg.max_len}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-def load_tokenizer(path):
-    """tokenizers.Tokenizer from DIR/tokenizer.json, else the lower-case BERT word-piece pipeline on DIR/vocab.txt.
-
-    Padding and truncation are switched off. Content text is encoded WITHOUT special tokens (the sequence
-    builder adds [CLS]/[SEP]): `encode_text_ids`.
-    """
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-    tj, vt = os.path.join(path, "tokenizer.json"), os.path.join(path, "vocab.txt")
-    if os.path.exists(tj):
-        try:
-            tok = Tokenizer.from_file(tj)
-        except Exception as e:  # truncated or not a tokenizers JSON file
-            raise ValueError(f"{tj}: cannot read the tokenizer: {e}") from None
-        tok.no_padding()  # some tokenizer.json files pad/truncate to 128; callers pad and truncate (and count)
-        tok.no_truncation()
-        return tok
-    if not os.path.exists(vt):
-        raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt")
-    tok = Tokenizer(WordPiece.from_file(vt, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    if cls_id is not None and sep_id is not None:
-        tok.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
-    tok.decoder = decoders.WordPiece(prefix="##")
-    return tok
-
-
-def special_ids(tok):
-    """dict(cls=, sep=, mask=, pad=) from a tokenizer's vocabulary."""
-    out = {}
-    for name in ("cls", "sep", "mask", "pad"):
-        i = tok.token_to_id(f"[{name.upper()}]")
-        if i is None:
-            raise ValueError(f"tokenizer has no [{name.upper()}] token")
-        out[name] = i
-    return out
-
-
-def encode_text_ids(tok, text):
-    """Content word pieces of one text, no [CLS]/[SEP]."""
-    return tok.encode(text, add_special_tokens=False).ids
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -508,9 +460,8 @@ class VLM(nn.Module):
         """A model written by save(): config.json + model.pt, every key and shape checked."""
         with open(os.path.join(path, "config.json")) as f:
             raw = json.load(f)
-        if raw.get("model") == "allinone":  # the frames model (allinone.py) shares this checkpoint format
-            from allinone import AllInOne
-            return AllInOne.load(path)
+        if raw.get("model") == "allinone":  # the frames model shares the format: checkpoint.load_model picks it
+            raise ValueError(f"{path}: a frames model (allinone.py); load it with checkpoint.load_model")
         unknown = set(raw) - {f.name for f in fields(VLMConfig)}
         if unknown:
             raise ValueError(f"{path}/config.json: unknown fields {sorted(unknown)} (not a vlm.py checkpoint?)")
@@ -536,6 +487,16 @@ class VLM(nn.Module):
         for line in notes:
             print(line)
         return model
+
+
+class TaskModel(nn.Module):
+    """A fine-tuned model: the encoder (VLM or AllInOne) and, for action segmentation only, a linear head on the
+    hidden state of every video token (sec. 4.2). finetune.py trains it; checkpoint.load_finetuned reads it."""
+
+    def __init__(self, vlm, num_classes=0):
+        super().__init__()
+        self.vlm = vlm
+        self.head = nn.Linear(vlm.config.hidden_size, num_classes) if num_classes else None
 
 
 def masked_mean(h, keep):

@@ -703,6 +703,6 @@ if __name__ == "__main__":
     ap.add_argument("--video_pretrain", type=int, default=None, help="with --video: pre-training videos to draw "
                     "(default all)")
     args = ap.parse_args()
-    from data import cli
+    from common import cli
     cli(lambda: print(json.dumps(synth(args.out, args.seed, args.size, args.video, args.video_pretrain)["counts"])),
         errors=(FileExistsError,))

@@ -6,6 +6,8 @@ against a hand-built reference, checkpoints.
 import torch
 import torch.nn.functional as F
 
+import checkpoint
+import tokens
 import allinone
 from allinone import AllInOne, AllInOneConfig, roll_tokens
 
@@ -144,7 +146,7 @@ def test_checkpoint_round_trip_and_bert_loading(tmp_path):
     assert torch.allclose(ours, ref, atol=1e-5)
     m.save(str(tmp_path / "saved"))
     import vlm
-    back = vlm.VLM.load(str(tmp_path / "saved"))  # one checkpoint format: the config names the model kind
+    back = checkpoint.load_model(str(tmp_path / "saved"))  # one checkpoint format: the config names the model kind
     assert isinstance(back, AllInOne) and back.config == m.config
     frames, t, mask = batch()
     with torch.no_grad():
@@ -268,7 +270,7 @@ def test_one_pretraining_step_and_one_finetuning_epoch(video_world, tmp_path):
     args = ["--model", "allinone", "--data", video_world, "--out", pre, "--hidden", "32", "--heads", "2",
             "--layers", "2", "--batch_videos", "4", "--max_text_len", "16", "--max_steps", "1", "--eval_every", "0"]
     assert train.main(args) == 1
-    m = train.load_trained(os.path.join(pre, "ckpt.pt"))
+    m = checkpoint.load_model(os.path.join(pre, "ckpt.pt"))
     assert isinstance(m, AllInOne) and m.config.frame_size == 32 and m.config.patch_size == 8
     res = finetune.main(["--task", "qa", "--init", os.path.join(pre, "model"), "--data", video_world,
                          "--out", str(tmp_path / "ft"), "--epochs", "1", "--batch_size", "8"])
@@ -281,8 +283,8 @@ def test_use_search_on_video_files_reproduces_the_frames_runner(video_world, tmp
     import evaluate
     import use
     import vlm
-    tok = vlm.load_tokenizer(video_world)
-    ids = vlm.special_ids(tok)
+    tok = tokens.load_tokenizer(video_world)
+    ids = tokens.special_ids(tok)
     torch.manual_seed(0)
     m = AllInOne(tiny_cfg(vocab_size=tok.get_vocab_size(), frame_size=32, patch_size=8, num_frames=3,
                           max_text_len=24, cls_token_id=ids["cls"], sep_token_id=ids["sep"],

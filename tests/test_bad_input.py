@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
+import tokens
 import data
 import evaluate
 import finetune
@@ -66,7 +68,7 @@ def test_truncated_caption_json_names_file_line_and_column(tiny_world, tmp_path)
         data.read_captions(str(path))
     path.write_text("\x00\x01 not json at all")
     with pytest.raises(data.DataError, match="raw_caption.json: not valid JSON"):
-        data.PretrainData(str(root), vlm.load_tokenizer(str(root)))
+        data.PretrainData(str(root), tokens.load_tokenizer(str(root)))
 
 
 def test_null_asr_fields_are_counted_skips_naming_the_video(tiny_world, tmp_path, capsys):
@@ -77,13 +79,13 @@ def test_null_asr_fields_are_counted_skips_naming_the_video(tiny_world, tmp_path
     caps[a]["start"][0] = None
     caps[b]["text"][1] = None
     dump_json(caps, path)
-    c = data.token_cache(str(path), vlm.load_tokenizer(str(root)))
+    c = data.token_cache(str(path), tokens.load_tokenizer(str(root)))
     counts = dict(zip(c["skipped_names"].tolist(), c["skipped"].tolist()))
     assert counts["ASR clips with a missing or non-numeric time"] == 1
     assert counts["ASR clips whose text is not a string"] == 1  # never the word "None"
-    ids = vlm.load_tokenizer(str(root)).encode("none", add_special_tokens=False).ids
+    ids = tokens.load_tokenizer(str(root)).encode("none", add_special_tokens=False).ids
     assert not ids or not np.isin(c["ids"], ids).any()
-    data.PretrainData(str(root), vlm.load_tokenizer(str(root)))
+    data.PretrainData(str(root), tokens.load_tokenizer(str(root)))
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("howto100m/train")][0]
     assert f"1 ASR clips with a missing or non-numeric time (e.g. {a})" in line
     assert f"1 ASR clips whose text is not a string (e.g. {b})" in line
@@ -97,7 +99,7 @@ def test_mmpt_raw_caption_pkl_with_json_string_values(tiny_world, tmp_path):
         pickle.dump({vid: json.dumps(c) for vid, c in caps.items()}, f)
     os.remove(js)
     assert data.read_captions(str(root / "howto100m" / "raw_caption.pkl")) == caps
-    d = data.PretrainData(str(root), vlm.load_tokenizer(str(root)))
+    d = data.PretrainData(str(root), tokens.load_tokenizer(str(root)))
     assert d.num_videos > 0
     with open(root / "howto100m" / "raw_caption.pkl", "wb") as f:
         pickle.dump({"v0": "{not json"}, f)
@@ -208,18 +210,18 @@ def test_damaged_checkpoint_is_named_everywhere(damage, run_dir, tiny_world, tmp
     out = tmp_path / "run"
     out.mkdir()
     (out / "ckpt.pt").write_bytes(bad)
-    with pytest.raises(train.CheckpointError, match=f"ckpt.pt: {why}"):  # --resume
+    with pytest.raises(checkpoint.CheckpointError, match=f"ckpt.pt: {why}"):  # --resume
         train.main(["--data", tiny_world, "--out", str(out), "--max_steps", "3", "--resume"] + SMALL)
-    with pytest.raises(train.CheckpointError, match=f"ckpt.pt: {why}"):  # finetune --init
+    with pytest.raises(checkpoint.CheckpointError, match=f"ckpt.pt: {why}"):  # finetune --init
         finetune.run(finetune.FinetuneConfig(data=tiny_world, init=str(out / "ckpt.pt"), out=str(tmp_path / "ft"),
                                              epochs=1), "qa", (False, 0, 1, "cpu"), verbose=False)
-    with pytest.raises(train.CheckpointError, match=f"best.pt: {why}"):  # evaluate --ckpt
+    with pytest.raises(checkpoint.CheckpointError, match=f"best.pt: {why}"):  # evaluate --ckpt
         shutil.copy(out / "ckpt.pt", tmp_path / "best.pt")
         evaluate.main(["--task", "qa", "--ckpt", str(tmp_path / "best.pt"), "--data", tiny_world])
     model = tmp_path / "model"
     shutil.copytree(os.path.join(run_dir, "model"), model)
     (model / "model.pt").write_bytes(bad)
-    with pytest.raises(train.CheckpointError, match=f"model.pt: {why}"):  # a model directory
+    with pytest.raises(checkpoint.CheckpointError, match=f"model.pt: {why}"):  # a model directory
         evaluate.main(["--task", "retrieval", "--zero_shot", "--ckpt", str(model), "--data", tiny_world])
 
 
@@ -230,12 +232,12 @@ def test_init_from_a_damaged_bert_directory(run_dir, tiny_world, tmp_path):
            "intermediate_size": 16, "max_position_embeddings": 64, "type_vocab_size": 2}
     dump_json(cfg, d / "config.json")
     (d / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")
-    with pytest.raises(train.CheckpointError, match=f"--init_from {d}: cannot load"):
+    with pytest.raises(checkpoint.CheckpointError, match=f"--init_from {d}: cannot load"):
         train.build_model(train.TrainConfig(init_from=str(d)), tiny_world)
     model = tmp_path / "model"  # a model directory of this project goes through load_checkpoint
     shutil.copytree(os.path.join(run_dir, "model"), model)
     (model / "model.pt").write_bytes(open(os.path.join(run_dir, "model", "model.pt"), "rb").read()[:1000])
-    with pytest.raises(train.CheckpointError, match=f"{model}/model.pt: truncated"):
+    with pytest.raises(checkpoint.CheckpointError, match=f"{model}/model.pt: truncated"):
         train.build_model(train.TrainConfig(init_from=str(model)), tiny_world)
 
 
@@ -244,7 +246,7 @@ def test_resume_with_another_model_size_names_the_flag(run_dir, tiny_world, tmp_
     out.mkdir()
     shutil.copy(os.path.join(run_dir, "ckpt.pt"), out / "ckpt.pt")
     args = ["--data", tiny_world, "--out", str(out), "--max_steps", "3", "--resume"] + SMALL + ["--hidden", "48"]
-    with pytest.raises(train.CheckpointError) as e:
+    with pytest.raises(checkpoint.CheckpointError) as e:
         train.main(args)
     msg = str(e.value)
     assert msg.startswith(str(out / "ckpt.pt")) and "shape mismatches" in msg
@@ -262,26 +264,26 @@ def test_model_dir_without_tokenizer_and_another_vocabulary(run_dir, tiny_world,
     other.mkdir()
     words = open(os.path.join(tiny_world, "vocab.txt")).read().split("\n")
     (other / "vocab.txt").write_text("\n".join(words[:-6]) + "\n")
-    with pytest.raises(train.CheckpointError, match=f"{model}: has no tokenizer, and the one in {other} does not "
+    with pytest.raises(checkpoint.CheckpointError, match=f"{model}: has no tokenizer, and the one in {other} does not "
                                                     r"fit it .*vocab_size \d+ vs \d+"):
-        train.trained_tokenizer(str(model), str(other), train.load_trained(str(model)).config)
-    with pytest.raises(train.CheckpointError, match="does not fit"):  # the model's own config.json is read
-        train.trained_tokenizer(str(model), str(other))
-    tok = train.trained_tokenizer(str(model), tiny_world)  # the data's own tokenizer fits
-    assert tok.get_vocab_size() == train.load_trained(str(model)).config.vocab_size
+        checkpoint.trained_tokenizer(str(model), str(other), checkpoint.load_model(str(model)).config)
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit"):  # the model's own config.json is read
+        checkpoint.trained_tokenizer(str(model), str(other))
+    tok = checkpoint.trained_tokenizer(str(model), tiny_world)  # the data's own tokenizer fits
+    assert tok.get_vocab_size() == checkpoint.load_model(str(model)).config.vocab_size
 
 
 def test_disk_full_during_checkpoint_write(tmp_path, monkeypatch):
     path = str(tmp_path / "ckpt.pt")
-    train.atomic_save({"model": torch.ones(3), "step": 1}, path)
+    checkpoint.atomic_save({"model": torch.ones(3), "step": 1}, path)
 
     def full(obj, f, *a, **kw):
         f.write(b"PK\x03\x04partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(train.CheckpointError, match=f"{path}: could not write the checkpoint.*No space left"):
-        train.atomic_save({"model": torch.zeros(3), "step": 2}, path)
+    with pytest.raises(checkpoint.CheckpointError, match=f"{path}: could not write the checkpoint.*No space left"):
+        checkpoint.atomic_save({"model": torch.zeros(3), "step": 2}, path)
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temp file left behind
     monkeypatch.undo()
     assert torch.load(path, weights_only=False)["step"] == 1
@@ -291,7 +293,7 @@ def test_failed_final_save_keeps_the_previous_model_dir(run_dir, tmp_path, monke
     d = str(tmp_path / "model")
     shutil.copytree(os.path.join(run_dir, "model"), d)
     before = {f: open(os.path.join(d, f), "rb").read() for f in os.listdir(d)}
-    model = train.load_trained(d)
+    model = checkpoint.load_model(d)
 
     def full(self, out_dir, tokenizer=None):
         os.makedirs(out_dir, exist_ok=True)
@@ -299,16 +301,16 @@ def test_failed_final_save_keeps_the_previous_model_dir(run_dir, tmp_path, monke
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(vlm.VLM, "save", full)
-    with pytest.raises(train.CheckpointError, match=f"{d}: could not write the model"):
-        train.save_model_dir(model, d)
+    with pytest.raises(checkpoint.CheckpointError, match=f"{d}: could not write the model"):
+        checkpoint.save_model_dir(model, d)
     assert sorted(os.listdir(tmp_path)) == ["model"]
     assert {f: open(os.path.join(d, f), "rb").read() for f in os.listdir(d)} == before
     monkeypatch.undo()
     with torch.no_grad():
         model.bert.wte.weight.add_(1.0)
-    train.save_model_dir(model, d)  # a good save replaces it
+    checkpoint.save_model_dir(model, d)  # a good save replaces it
     assert sorted(os.listdir(tmp_path)) == ["model"]
-    assert torch.equal(train.load_trained(d).bert.wte.weight, model.bert.wte.weight)
+    assert torch.equal(checkpoint.load_model(d).bert.wte.weight, model.bert.wte.weight)
 
 
 # ----------------------------------------------------------------------------- flags and caches

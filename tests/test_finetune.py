@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
+import tokens
 import data
 import evaluate
 import finetune
@@ -51,8 +53,8 @@ def test_every_task_finetunes_and_evaluates(task, tiny_world, pretrained, tmp_pa
     with open(tmp_path / name / "test.json") as f:
         assert json.load(f) == result
     # the best checkpoint reloads for evaluate.py and gives the same numbers
-    model = evaluate.load_finetuned(str(tmp_path / name / "best.pt"), task=task)
-    tok = vlm.load_tokenizer(pretrained)
+    model = checkpoint.load_finetuned(str(tmp_path / name / "best.pt"), task=task)
+    tok = tokens.load_tokenizer(pretrained)
     again = evaluate.run_task(task, model, tiny_world, "test", tok, dataset="youcook2")
     for k, v in result.items():
         if v is not None and not np.isnan(v):
@@ -61,7 +63,7 @@ def test_every_task_finetunes_and_evaluates(task, tiny_world, pretrained, tmp_pa
 
 def test_scratch_row_uses_the_same_architecture_with_new_weights(tiny_world, pretrained, tmp_path, monkeypatch):
     seen = []
-    real = finetune.TaskModel
+    real = vlm.TaskModel
 
     def spy(model, num_classes=0):
         seen.append({k: v.clone() for k, v in model.state_dict().items()})
@@ -72,15 +74,15 @@ def test_scratch_row_uses_the_same_architecture_with_new_weights(tiny_world, pre
         cfg = cfg_for(tiny_world, pretrained, tmp_path / str(scratch), scratch=scratch)
         finetune.run(cfg, "qa", (False, 0, 1, "cpu"), verbose=False)
     assert os.path.exists(tmp_path / "True" / "qa-scratch" / "best.pt")
-    base = train.load_trained(pretrained).state_dict()
+    base = checkpoint.load_model(pretrained).state_dict()
     assert set(seen[1]) == set(base) and all(seen[1][k].shape == base[k].shape for k in base)
     assert all(torch.equal(seen[0][k], base[k]) for k in base)  # pre-trained row starts from the checkpoint
     assert not torch.equal(seen[1]["bert.wte.weight"], base["bert.wte.weight"])  # scratch row does not
 
 
 def test_retrieval_separate_passes_equal_joint_isolated_pass(tiny_world, pretrained):
-    model = train.load_trained(pretrained).eval()
-    tok = vlm.load_tokenizer(pretrained)
+    model = checkpoint.load_model(pretrained).eval()
+    tok = tokens.load_tokenizer(pretrained)
     recs, store = data.load_retrieval(tiny_world, "msrvtt", "test")
     recs = recs[:12]
     clips = [evaluate.record_clip(store, r) for r in recs]
@@ -109,15 +111,15 @@ def test_bad_checkpoints_and_data_are_refused(tiny_world, pretrained, tmp_path):
     finetune.run(cfg, "qa", (False, 0, 1, "cpu"), verbose=False)
     best = str(tmp_path / "qa" / "best.pt")
     with pytest.raises(SystemExit, match="a qa checkpoint, but --task is captioning"):
-        evaluate.load_finetuned(best, task="captioning")
+        checkpoint.load_finetuned(best, task="captioning")
     with pytest.raises(SystemExit, match="not a fine-tuned checkpoint"):
-        evaluate.load_finetuned(os.path.join(os.path.dirname(pretrained), "ckpt.pt"))
-    with pytest.raises(train.CheckpointError, match="no such checkpoint"):
-        evaluate.load_finetuned(str(tmp_path / "missing.pt"))
+        checkpoint.load_finetuned(os.path.join(os.path.dirname(pretrained), "ckpt.pt"))
+    with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
+        checkpoint.load_finetuned(str(tmp_path / "missing.pt"))
     # a segmentation checkpoint with the wrong number of classes for the data
-    model = evaluate.load_finetuned(best)
+    model = checkpoint.load_finetuned(best)
     model.head = torch.nn.Linear(model.vlm.config.hidden_size, 3)
-    tok = vlm.load_tokenizer(pretrained)
+    tok = tokens.load_tokenizer(pretrained)
     with pytest.raises(SystemExit, match="classes"):
         evaluate.run_task("segmentation", model, tiny_world, "test", tok)
     # a data directory missing a dataset's files
@@ -138,7 +140,7 @@ def test_evaluate_command_line(tiny_world, pretrained, tmp_path, capsys):
 
 
 def test_video_collapse_diagnostic_sees_a_shared_direction(tiny_world, pretrained):
-    model = train.load_trained(pretrained).eval()
+    model = checkpoint.load_model(pretrained).eval()
     before = evaluate.video_collapse(model, tiny_world)
     with torch.no_grad():  # add one large direction to every video token: the collapse the README describes
         # a random direction (a constant one would be removed by the embedding LayerNorm's centring)

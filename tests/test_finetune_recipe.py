@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+import tokens
 import evaluate
 import finetune
 import vlm as vlm_module
@@ -18,11 +19,11 @@ class _Captured(Exception):
 
 
 def test_scratch_row_word_embeddings_start_at_the_pre_training_scale(tiny_world, monkeypatch):
-    tok = vlm_module.load_tokenizer(tiny_world)
-    ids = {f"{k}_token_id": v for k, v in vlm_module.special_ids(tok).items()}
+    tok = tokens.load_tokenizer(tiny_world)
+    ids = {f"{k}_token_id": v for k, v in tokens.special_ids(tok).items()}
     cfg = vlm_module.VLMConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=1,
                                num_attention_heads=2, intermediate_size=64, **ids)
-    monkeypatch.setattr(finetune, "load_trained", lambda path: vlm_module.VLM(cfg))
+    monkeypatch.setattr(finetune, "load_model", lambda path: vlm_module.VLM(cfg))
     monkeypatch.setattr(finetune, "trained_tokenizer", lambda path, d, config=None: tok)
     seen = []
 
@@ -82,9 +83,9 @@ def test_temperature_flag_gives_cosine_logits_and_zero_keeps_the_papers_dot_prod
 def test_a_cosine_trained_model_is_ranked_by_cosine(tiny_world):
     import data
     torch.manual_seed(0)
-    tok = vlm_module.load_tokenizer(tiny_world)
-    ids = {f"{k}_token_id": v for k, v in vlm_module.special_ids(tok).items()}
-    model = finetune.TaskModel(vlm_module.VLM(vlm_module.VLMConfig(
+    tok = tokens.load_tokenizer(tiny_world)
+    ids = {f"{k}_token_id": v for k, v in tokens.special_ids(tok).items()}
+    model = vlm_module.TaskModel(vlm_module.VLM(vlm_module.VLMConfig(
         vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=64, **ids))).eval()
     model.cosine = True

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import tokens
 import data
 import evaluate
 import vlm as vlm_module
@@ -20,8 +21,8 @@ from vlm import TEXT_START
 @pytest.fixture(scope="module")
 def tiny_model(tiny_world):
     torch.manual_seed(0)
-    tok = vlm_module.load_tokenizer(tiny_world)
-    ids = {f"{k}_token_id": v for k, v in vlm_module.special_ids(tok).items()}
+    tok = tokens.load_tokenizer(tiny_world)
+    ids = {f"{k}_token_id": v for k, v in tokens.special_ids(tok).items()}
     cfg = vlm_module.VLMConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
                                num_attention_heads=2, intermediate_size=64, **ids)
     return vlm_module.VLM(cfg).eval(), tok
@@ -99,7 +100,7 @@ def test_even_steps_recall_hand():
 
 
 def test_caption_roof_equals_an_independent_tfidf(tiny_world):
-    tok = vlm_module.load_tokenizer(tiny_world)
+    tok = tokens.load_tokenizer(tiny_world)
     got = evaluate.caption_roof(tiny_world, tok)
     _, sents = data.read_msrvtt_json(f"{tiny_world}/msrvtt/MSRVTT_data.json")
     recs, _ = data.load_retrieval(tiny_world, "msrvtt", "test")
@@ -129,7 +130,7 @@ def test_caption_roof_equals_an_independent_tfidf(tiny_world):
 
 
 def test_linear_floor_learns_on_the_tiny_world(tiny_world):
-    tok = vlm_module.load_tokenizer(tiny_world)
+    tok = tokens.load_tokenizer(tiny_world)
     n = len(data.load_retrieval(tiny_world, "msrvtt", "test")[0])
     m = evaluate.linear_floor(tiny_world, tok, "retrieval", "msrvtt", steps=60)
     assert m["R10"] > 2 * 1000.0 / n  # R@10 chance is 20% on 50 test videos

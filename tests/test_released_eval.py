@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import tokens
 import data
 import evaluate
 from evaluate import dp_align, frame_outputs, localization_recall, step_log_probs, window_average, windows
@@ -102,8 +103,8 @@ def test_zero_shot_localization_equals_a_loop_over_released_windows(tiny_world):
     step dot products averaged per second, log-softmax in torch, the same DP."""
     import vlm as vlm_module
     torch.manual_seed(0)
-    tok = vlm_module.load_tokenizer(tiny_world)
-    ids = {f"{k}_token_id": v for k, v in vlm_module.special_ids(tok).items()}
+    tok = tokens.load_tokenizer(tiny_world)
+    ids = {f"{k}_token_id": v for k, v in tokens.special_ids(tok).items()}
     model = vlm_module.VLM(vlm_module.VLMConfig(vocab_size=tok.get_vocab_size(), hidden_size=32,
                                                 num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                                 **ids)).eval()

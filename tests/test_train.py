@@ -17,6 +17,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import checkpoint
+import common
 import train
 import vlm
 
@@ -71,13 +73,13 @@ i = 0
 while True:
     i += 1
     big["step"] = i
-    train.atomic_save(big, {path!r})
+    checkpoint.atomic_save(big, {path!r})
 """
 
 
 def test_kill_during_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
     path = str(tmp_path / "ckpt.pt")
-    train.atomic_save({"model": torch.zeros(3), "step": 0}, path)
+    checkpoint.atomic_save({"model": torch.zeros(3), "step": 0}, path)
     for delay in (0.3, 0.7, 1.1):
         proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT, path=path)])
         time.sleep(delay + 2.0)  # import time plus part of a write of 16 MB
@@ -97,7 +99,7 @@ def test_non_finite_steps_are_skipped_and_counted(tiny_world, tmp_path, monkeypa
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 2 else loss), stats
 
-    monkeypatch.setattr(losses, "pretrain_loss", flaky)
+    monkeypatch.setattr(train, "pretrain_loss", flaky)
     out = str(tmp_path / "nan")
     train.main(["--data", tiny_world, "--out", out, "--max_steps", "3"] + SMALL)
     log = read_log(out)
@@ -105,7 +107,7 @@ def test_non_finite_steps_are_skipped_and_counted(tiny_world, tmp_path, monkeypa
     assert all(torch.isfinite(v).all() for v in weights(out).values())
 
     # every step non-finite: the run stops with a message naming the step and what to try
-    monkeypatch.setattr(losses, "pretrain_loss", lambda m, b, g, **kw: (real(m, b, g, **kw)[0] * float("nan"), {}))
+    monkeypatch.setattr(train, "pretrain_loss", lambda m, b, g, **kw: (real(m, b, g, **kw)[0] * float("nan"), {}))
     out2 = str(tmp_path / "nan2")
     step = train.main(["--data", tiny_world, "--out", out2, "--max_steps", "10", "--max_bad_steps", "3"] + SMALL)
     assert step == 3
@@ -144,7 +146,7 @@ def _ddp_worker(rank, port, out):
     model = _tiny_model()
     obj = train.wrap_ddp(train.Objective(model, _loss), device)  # as train.py and finetune.py wrap it
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    _, ctx, scaler = train.amp_setup("float32", "cpu")
+    _, ctx, scaler = common.amp_setup("float32", "cpu")
     b = _batch()
     half = {k: v[2 * rank:2 * rank + 2] for k, v in b.items()}
     train.optimizer_step(obj, [half], opt, scaler, ctx, 2.0, ddp=True)
@@ -163,7 +165,7 @@ def test_ddp_two_processes_average_gradients(tmp_path):
     model = _tiny_model()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    _, ctx, scaler = train.amp_setup("float32", "cpu")
+    _, ctx, scaler = common.amp_setup("float32", "cpu")
     train.optimizer_step(train.Objective(model, _loss), [_batch()], opt, scaler, ctx, 2.0, ddp=False)
     single = model.state_dict()
     moved = [k for k in single if not torch.equal(single[k], start[k])]

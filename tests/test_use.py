@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tokens
 import data
 import evaluate
 import masking
@@ -44,8 +45,8 @@ def random_vlm(vocab, seed=0, layers=2, heads=4, hidden=32):
 @pytest.fixture(scope="module")
 def model_dir(tiny_world, tmp_path_factory):
     """A random VLM with the tiny world's tokenizer, saved as a model directory (VLM.save)."""
-    tok = vlm.load_tokenizer(tiny_world)
-    ids = vlm.special_ids(tok)
+    tok = tokens.load_tokenizer(tiny_world)
+    ids = tokens.special_ids(tok)
     m = random_vlm(tok.get_vocab_size())
     assert (ids["pad"], ids["cls"], ids["sep"], ids["mask"]) == (0, 2, 3, 4)
     d = str(tmp_path_factory.mktemp("model") / "model")
@@ -104,8 +105,8 @@ def test_attention_command_writes_a_labelled_map(tiny_world, model_dir, tmp_path
     out = str(tmp_path / "a.svg")
     p, _ = run(capsys, "attention", "--ckpt", model_dir, "--video", path, "--text", "cut the onion",
                "--mask", "isolated", "--layer", "2", "--head", "3", "--out", out)
-    tok = vlm.load_tokenizer(model_dir)
-    words = [tok.id_to_token(i) for i in vlm.encode_text_ids(tok, "cut the onion")]
+    tok = tokens.load_tokenizer(model_dir)
+    words = [tok.id_to_token(i) for i in tokens.piece_ids(tok, "cut the onion")]
     n = min(32, len(np.load(path)))
     labels = ["[CLS]"] + [f"v{i + 1}" for i in range(n)] + ["[SEP]"] + words + ["[SEP]"]
     assert p.shape == (len(labels), len(labels))
@@ -113,7 +114,7 @@ def test_attention_command_writes_a_labelled_map(tiny_world, model_dir, tmp_path
     m = vlm.VLM.load(model_dir).eval()
     seen = {}
     m.bert.layers[1].register_forward_pre_hook(lambda mod, args: seen.update(x=args[0], mask=args[1]))
-    b = data.collate_pairs([data.clip_features(np.load(path), None, None)], [vlm.encode_text_ids(tok, "cut the onion")])
+    b = data.collate_pairs([data.clip_features(np.load(path), None, None)], [tokens.piece_ids(tok, "cut the onion")])
     with torch.no_grad():
         m(b["video"], b["video_mask"], b["text_ids"], b["text_mask"], attention="isolated")
         at, hs = m.bert.layers[1].attn, m.config.hidden_size // m.config.num_attention_heads
@@ -136,7 +137,7 @@ def test_attention_command_writes_a_labelled_map(tiny_world, model_dir, tmp_path
 
 def test_search_reproduces_the_evaluation_runner(tiny_world, model_dir, tmp_path, capsys):
     """MSR-VTT-like test split: use.py's ranking of the folder's videos gives evaluate.py's R@1/5/10 and MedR."""
-    tok = vlm.load_tokenizer(model_dir)
+    tok = tokens.load_tokenizer(model_dir)
     ref = evaluate.run_task("retrieval", vlm.VLM.load(model_dir), tiny_world, "test", tok, dataset="msrvtt")
     csv_path = os.path.join(tiny_world, "msrvtt", "MSRVTT_JSFUSION_test.csv")
     got, out = run(capsys, "search", "--ckpt", model_dir, "--videos", os.path.join(tiny_world, "msrvtt", "feats"),
@@ -158,7 +159,7 @@ def test_embed_then_search_reuses_the_embeddings(tiny_world, model_dir, tmp_path
     assert torch.allclose(torch.from_numpy(np.load(os.path.join(emb, "embeddings.npy"))), ref, atol=1e-5)
     (got, out) = run(capsys, "search", "--ckpt", model_dir, "--emb", emb, "--query", "cut the onion", "--topk", "4")
     assert "reusing 90 video embeddings" in out
-    t = evaluate.encode_text_ids(m, [vlm.encode_text_ids(vlm.load_tokenizer(model_dir), "cut the onion")], "cpu",
+    t = evaluate.encode_text_ids(m, [tokens.piece_ids(tokens.load_tokenizer(model_dir), "cut the onion")], "cpu",
                                  torch.autocast("cpu", enabled=False))
     assert got["top"][0] == (t @ ref.T)[0].topk(4).indices.tolist()
     os.utime(os.path.join(model_dir, "model.pt"))  # the weights changed: computed again
@@ -172,12 +173,12 @@ def test_match_ranks_texts_for_one_video(tiny_world, model_dir, tmp_path, capsys
     path = os.path.join(tiny_world, "msrvtt", "feats", rows[0]["video_id"] + ".npy")
     best, out = run(capsys, "match", "--ckpt", model_dir, "--video", path, "--texts", str(tmp_path / "t.txt"),
                     "--topk", "8")
-    m, tok = vlm.VLM.load(model_dir).eval(), vlm.load_tokenizer(model_dir)
+    m, tok = vlm.VLM.load(model_dir).eval(), tokens.load_tokenizer(model_dir)
     b = data.collate_pairs([data.clip_features(np.load(path), None, None)], [[0]])
     with torch.no_grad():  # one video against each text, one pass at a time
         v = m.encode_video(b["video"], b["video_mask"])[0]
-        s = [float(v @ m.encode_text(torch.tensor([vlm.encode_text_ids(tok, r["sentence"])]),
-                                      torch.ones(1, len(vlm.encode_text_ids(tok, r["sentence"])), dtype=torch.bool))[0])
+        s = [float(v @ m.encode_text(torch.tensor([tokens.piece_ids(tok, r["sentence"])]),
+                                      torch.ones(1, len(tokens.piece_ids(tok, r["sentence"])), dtype=torch.bool))[0])
              for r in rows]
     assert best == [rows[i]["sentence"] for i in np.argsort(s)[::-1]]
 
@@ -187,7 +188,7 @@ def test_match_ranks_texts_for_one_video(tiny_world, model_dir, tmp_path, capsys
 
 def test_caption_equals_direct_beam_search(tiny_world, model_dir, tmp_path, capsys):
     """A fine-tuned captioning best.pt (finetune.py's layout); a folder of 3 videos decoded 2 at a time."""
-    m, tok = vlm.VLM.load(model_dir), vlm.load_tokenizer(model_dir)
+    m, tok = vlm.VLM.load(model_dir), tokens.load_tokenizer(model_dir)
     ck = {"task": "captioning", "dataset": None, "model_config": dataclasses.asdict(m.config),
           "model": m.state_dict(), "head": None, "num_classes": 0, "tokenizer": tok.to_str()}
     torch.save(ck, tmp_path / "best.pt")
@@ -211,9 +212,9 @@ def test_caption_equals_direct_beam_search(tiny_world, model_dir, tmp_path, caps
 def test_export_hf_loads_in_transformers_with_equal_hidden_states(tiny_world, model_dir, tmp_path, capsys,
                                                                   monkeypatch):
     transformers = pytest.importorskip("transformers")
-    m, tok = vlm.VLM.load(model_dir).eval(), vlm.load_tokenizer(model_dir)
+    m, tok = vlm.VLM.load(model_dir).eval(), tokens.load_tokenizer(model_dir)
     texts = ["cut the onion", "someone wants to flatten the sauce in a pan"]
-    ids = [vlm.encode_text_ids(tok, t) for t in texts]
+    ids = [tokens.piece_ids(tok, t) for t in texts]
     b = data.collate_pairs([np.zeros((1, 512), np.float32)] * 2, ids)
     for layout in ("model.safetensors", "pytorch_model.bin"):
         out = str(tmp_path / layout)
@@ -312,7 +313,7 @@ def test_bad_input_gets_one_clear_line(tiny_world, model_dir, tmp_path, capsys):
 
 def test_every_checkpoint_kind_loads_to_the_same_model(tiny_world, model_dir, tmp_path, capsys):
     """A model directory, a pre-training ckpt.pt (its tokenizer in model/ beside it) and a fine-tuned best.pt."""
-    m, tok = vlm.VLM.load(model_dir), vlm.load_tokenizer(model_dir)
+    m, tok = vlm.VLM.load(model_dir), tokens.load_tokenizer(model_dir)
     run_dir = tmp_path / "run"
     shutil.copytree(model_dir, run_dir / "model")
     torch.save({"model_config": dataclasses.asdict(m.config), "model": m.state_dict(), "step": 2}, run_dir / "ckpt.pt")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tokens  # noqa: E402
 import vlm  # noqa: E402
 
 torch.set_num_threads(1)
@@ -151,14 +152,14 @@ def test_minilm_real_checkpoint(capsys, tmp_path):
     assert len(capsys.readouterr().out.strip().splitlines()) == 2  # no MLM head + new video MLP
     sents = ["Cut the onions into thin slices, then fry them in olive oil.",
              "Whisk 3 eggs!", "The quick brown fox jumps over the lazy dog's back.", "Crème BRÛLÉE, naïve café"]
-    tok, ref_tok = vlm.load_tokenizer(d), transformers.AutoTokenizer.from_pretrained(d)
+    tok, ref_tok = tokens.load_tokenizer(d), transformers.AutoTokenizer.from_pretrained(d)
     (tmp_path / "vocab.txt").write_bytes(open(os.path.join(d, "vocab.txt"), "rb").read())
-    tok_vocab = vlm.load_tokenizer(str(tmp_path))  # the vocab.txt-only pipeline
+    tok_vocab = tokens.load_tokenizer(str(tmp_path))  # the vocab.txt-only pipeline
     for s in sents:
         ref = ref_tok(s, add_special_tokens=False)["input_ids"]
-        assert vlm.encode_text_ids(tok, s) == ref and vlm.encode_text_ids(tok_vocab, s) == ref
+        assert tokens.piece_ids(tok, s) == ref and tokens.piece_ids(tok_vocab, s) == ref
         assert tok.encode(s).ids == ref_tok(s)["input_ids"] == tok_vocab.encode(s).ids
-    assert vlm.special_ids(tok) == dict(cls=101, sep=102, mask=103, pad=0)
+    assert tokens.special_ids(tok) == dict(cls=101, sep=102, mask=103, pad=0)
     enc = ref_tok(sents, padding=True, return_tensors="pt")
     hf = transformers.BertModel.from_pretrained(d).eval()
     with torch.no_grad():
@@ -299,8 +300,8 @@ def test_greedy_matches_argmax_loop():
 def test_save_load_round_trip(tmp_path):
     model = tiny_vlm()
     write_vocab(str(tmp_path), 40)
-    tok = vlm.load_tokenizer(str(tmp_path))
-    assert vlm.encode_text_ids(tok, "Add salts") == [11, 12, 5 + WORDS.index("##s")]
+    tok = tokens.load_tokenizer(str(tmp_path))
+    assert tokens.piece_ids(tok, "Add salts") == [11, 12, 5 + WORDS.index("##s")]
     out = tmp_path / "ckpt"
     model.save(str(out), tokenizer=tok)
     again = vlm.VLM.load(str(out)).eval()

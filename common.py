@@ -1,0 +1,58 @@
+"""What every command of the project shares: one-line errors, checked numeric flags, the autocast context.
+
+    cli(main, errors)        run a script's main(): a bad file or flag is one `error: ...` line and exit 1
+    flag_type(name, int, 1)  an argparse type whose error names the flag and its range
+    amp_setup(dtype, device) (dtype, autocast context, GradScaler): bf16 on a GPU that has it, fp16 + scaler
+"""
+import argparse
+import math
+import sys
+from contextlib import nullcontext
+
+import torch
+
+
+def cli(main, errors=()):
+    """Run a command's main(): a missing file or one of `errors` (data.DataError, checkpoint.CheckpointError) is
+    printed as one line naming its culprit, without a traceback, and the process exits with status 1 (130 on a
+    Ctrl-C outside a training loop)."""
+    try:
+        return main()
+    except (FileNotFoundError, *errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def flag_type(name, typ, low=None, high=None, low_excluded=False):
+    """An argparse type for --name: a `typ` in [low, high] (low excluded if asked); the error names the range."""
+    kind = "an integer" if typ is int else "a number"
+    want = " and ".join(([f"> {low}" if low_excluded else f">= {low}"] if low is not None else []) +
+                        ([f"<= {high}"] if high is not None else []))
+
+    def parse(text):
+        try:
+            x = typ(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} must be {kind}, got {text!r}") from None
+        if (typ is float and not math.isfinite(x)) or (low is not None and (x < low or (low_excluded and x == low))) \
+                or (high is not None and x > high):
+            raise argparse.ArgumentTypeError(f"--{name} must be {kind} {want}, got {text}")
+        return x
+
+    parse.__name__ = typ.__name__
+    return parse
+
+
+def amp_setup(dtype, device):
+    """One autocast context and a GradScaler (enabled for float16 only)."""
+    device_type = "cuda" if "cuda" in device else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise SystemExit(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    return dtype, ctx, scaler
