@@ -6,13 +6,10 @@ target length L ~ U{8..64} text tokens is reached or the span reaches 256 s; its
 floor(start)..ceil(end), at most the FIRST 32 of them. The dataset files are parsed by readers.py and the video
 side (S3D features, raw frames) is read by video.py; every layout is the one of docs/data_formats.md.
 
-Commands:
+Commands (the built-in world has its own: python world.py --out data/world):
     python data.py pack --features DIR/howto100m/feats --out DIR/howto100m/feats_packed
     python data.py stats DIR                                  # a few lines per dataset found
     python data.py bench DIR --workers 0 1 2                  # clips/s of the pre-training loader
-(the built-in world has its own command: python world.py --out data/world)
-
-Derived files (the token cache) are written only where the caller says (train.py: OUT/cache), never beside the data.
 """
 import argparse, glob, hashlib, math, os, sys, time
 
@@ -28,18 +25,10 @@ MAX_SPAN = 256.0   # seconds: stop extending a pre-training clip once its captio
 
 
 # ----------------------------------------------------------------------------- pre-training clips (sec. 5.1)
-
-def _asr_time(x):
-    """An ASR start / end as a finite float, else None (null, a string, NaN)."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
+# PretrainData draws the clips; FramePretrainData the same clips as raw frames; token_cache tokenises once.
 
 def _howto_paths(data_dir, features=None):
+    """-> (howto100m dir, caption file, feature dir): packed shards preferred over `feats/` (docs/data_formats.md)."""
     d = _dataset_dir(data_dir, "howto100m")
     caps = next((p for p in (os.path.join(d, n) for n in ("raw_caption.json", "raw_caption.pkl", "caption.json"))
                  if os.path.exists(p)), os.path.join(d, "raw_caption.json"))
@@ -49,26 +38,26 @@ def _howto_paths(data_dir, features=None):
 
 
 class PretrainData(torch.utils.data.Dataset):
-    """HowTo100M clip pairs. An item is one (epoch, video index): clips_per_video clips drawn with an RNG seeded by
-    (seed, epoch, video index), so batches do not depend on the number of workers."""
+    """HowTo100M clip pairs (sec. 5.1). An item is one (epoch, video index): clips_per_video clips drawn with an RNG
+    seeded by (seed, epoch, video index), so batches do not depend on the number of workers. Per video: its caption
+    range `cap_off` (V, 2) into the flat `start`, `end` (s) and `tok_off` (token offsets into the flat `ids`)."""
 
     def __init__(self, data_dir, tokenizer, split="train", clips_per_video=32, min_text=8, max_text=64, seed=0,
                  features=None, val_frac=0.05, cache_dir=None):
         d, cap_path, feat_dir = _howto_paths(data_dir, features)
         self.K, self.min_text, self.max_text, self.seed = clips_per_video, min_text, max_text, seed
-        pad = tokenizer.token_to_id("[PAD]")
-        self.pad_id = 0 if pad is None else pad
-        c, self.store = token_cache(cap_path, tokenizer, cache_dir), self.open_store(feat_dir)
+        self.pad_id = tokenizer.token_to_id("[PAD]") or 0  # 0 when the vocabulary has no [PAD]
+        c, self.store = token_cache(cap_path, tokenizer, cache_dir), self.open_store(feat_dir)  # flat arrays
         counts = Counts(zip(c["skipped_names"].tolist(), c["skipped"].tolist()))
         for kv in c["skipped_ids"].tolist() if "skipped_ids" in c else []:
             counts.examples.setdefault(kv.split("\t")[0], []).append(kv.split("\t", 1)[1])
         counts.update({"videos without features, skipped": 0, "videos without usable ASR, skipped": 0,
                        "ASR clips starting after the features end, skipped": 0,
                        "ASR clips ran past the features, clipped": 0})
-        keep_cap = np.zeros(len(c["start"]), dtype=bool)
+        keep_cap = np.zeros(len(c["start"]), dtype=bool)  # (n captions,): usable ASR clips of kept videos
         vids, lengths, n_caps = [], [], []
         for i, vid in enumerate(c["vids"].tolist()):
-            a, b = c["cap_off"][i], c["cap_off"][i + 1]
+            a, b = c["cap_off"][i], c["cap_off"][i + 1]  # this video's captions a..b-1
             if vid not in self.store:
                 counts.skip("videos without features, skipped", vid)
                 continue
@@ -91,9 +80,8 @@ class PretrainData(torch.utils.data.Dataset):
         train, val = _carve(range(len(vids)), val_frac, seed=0)  # fixed held-out videos, whatever `seed`
         if split not in ("train", "val"):
             raise DataError(f"PretrainData: unknown split {split!r} (train, val)")
-        sel = train if split == "train" else val
-        self.vids = [vids[i] for i in sel]
-        self.lengths = np.array([lengths[i] for i in sel])
+        sel = train if split == "train" else val  # indices into the kept videos
+        self.vids, self.lengths = [vids[i] for i in sel], np.array([lengths[i] for i in sel])  # (V,) seconds
         self.cap_off = np.stack([cap_off[sel], cap_off[np.array(sel) + 1]], 1)  # (V, 2) caption range per video
         self.report = _report(f"howto100m/{split}", counts)
         self.num_videos, self._loaders = len(self.vids), {}
@@ -107,7 +95,8 @@ class PretrainData(torch.utils.data.Dataset):
         return {k: v for k, v in self.__dict__.items() if k != "_loaders"} | {"_loaders": {}}
 
     def spans(self, v, epoch):
-        """The clips of video v in epoch: (first caption, last caption, target L, video start s, video end e)."""
+        """The clips of video v in epoch: (first caption, last caption, target L, video start s, video end e).
+        Sec. 5.1: start at a random caption and add the left or right neighbour until L tokens or 256 s."""
         rng = np.random.default_rng([self.seed, epoch, 1, v])
         a, b = self.cap_off[v]
         n, T, K = b - a, int(self.lengths[v]), self.K
@@ -117,7 +106,7 @@ class PretrainData(torch.utils.data.Dataset):
         right = (rng.random((K, self.max_text)) < 0.5).tolist()  # each step adds >= 1 token: <= max_text steps
         out = []
         for k in range(K):
-            i = j = centre[k]
+            i = j = centre[k]  # the span is captions i..j (local indices)
             r, step = right[k], 0
             while cs[j + 1] - cs[i] < L[k] and en[j] - st[i] < MAX_SPAN and (i > 0 or j < n - 1):
                 if (r[step] and j < n - 1) or i == 0:
@@ -144,12 +133,12 @@ class PretrainData(torch.utils.data.Dataset):
             n_trunc += len(t) > MAX_TEXT
             tlen[k] = min(len(t), MAX_TEXT)
             text[k, : tlen[k]] = t[:MAX_TEXT]                      # keep the FIRST 61 pieces
-        return video, vlen, text, tlen, n_trunc
+        return video, vlen, text, tlen, n_trunc  # vlen, tlen (K,): real lengths before padding
 
     @staticmethod
-    def collate(items):
+    def collate(items):  # items of K clips -> B = items x K pairs, padded to the batch's longest video / text
         B, Tv = sum(len(x[1]) for x in items), max(x[0].shape[1] for x in items)
-        vlen, tlen = (torch.from_numpy(np.concatenate([x[i] for x in items])) for i in (1, 3))
+        vlen, tlen = (torch.from_numpy(np.concatenate([x[i] for x in items])) for i in (1, 3))  # (B,) each
         Lt = max(1, int(tlen.max()))
         video, k = torch.zeros(B, Tv, FEAT_DIM), 0  # (B, Tv, 512)
         for x in items:
@@ -159,7 +148,7 @@ class PretrainData(torch.utils.data.Dataset):
         return {"video": video, "video_mask": torch.arange(Tv) < vlen[:, None], "text_ids": text,
                 "text_mask": torch.arange(Lt) < tlen[:, None], "n_truncated": torch.tensor(sum(x[4] for x in items))}
 
-    def batches_per_epoch(self, batch_videos, world_size=1):
+    def batches_per_epoch(self, batch_videos, world_size=1):  # the same number on every rank
         per_rank = self.num_videos // world_size  # the remainder (< world_size videos) is dropped each epoch
         if per_rank == 0:
             raise DataError(f"PretrainData: {self.num_videos} videos cannot be split over {world_size} ranks")
@@ -189,24 +178,7 @@ class PretrainData(torch.utils.data.Dataset):
         return dl
 
 
-def time_loader(pd, batch_videos, num_workers, n_batches):
-    """Clips/s of a PretrainData loader: -> (clips, seconds) over n_batches batches after an untimed first one
-    (worker start-up), over as many epochs as needed."""
-    n, seen, epoch, t0 = 0, -1, 0, None
-    while seen < n_batches:
-        for b in pd.loader(batch_videos, epoch=epoch, num_workers=num_workers):
-            seen += 1
-            if seen == 0:
-                t0 = time.perf_counter()
-            else:
-                n += b["video"].shape[0]
-            if seen == n_batches:
-                break
-        epoch += 1
-    return n, time.perf_counter() - t0
-
-
-class _BatchList(torch.utils.data.Sampler):
+class _BatchList(torch.utils.data.Sampler):  # the batches `loader` sets each epoch; the DataLoader persists
     def __init__(self):
         self.batches = []
 
@@ -239,8 +211,8 @@ class FramePretrainData(PretrainData):
         rng = np.random.default_rng([self.seed, epoch, 2, v])  # frame choice, independent of the spans' draws
         frames, text, tlen, n_trunc = [], np.full((self.K, self.max_tokens), self.pad_id, np.int64), [], 0
         for k, (i, j, _, s, e) in enumerate(self.spans(v, epoch)):
-            frames.append(self.store.clip(self.vids[v], s, e, self.T, self.S, self.train, rng))
-            t = self.ids[self.tok_off[i]: self.tok_off[j + 1]]
+            frames.append(self.store.clip(self.vids[v], s, e, self.T, self.S, self.train, rng))  # (T, 3, S, S)
+            t = self.ids[self.tok_off[i]: self.tok_off[j + 1]]  # captions i..j, as in PretrainData
             n_trunc += len(t) > self.max_tokens
             tlen.append(min(len(t), self.max_tokens))
             text[k, :tlen[-1]] = t[:self.max_tokens]
@@ -248,7 +220,7 @@ class FramePretrainData(PretrainData):
 
     @staticmethod
     def collate(items):
-        tlen = torch.from_numpy(np.concatenate([x[2] for x in items]))
+        tlen = torch.from_numpy(np.concatenate([x[2] for x in items]))  # (B,)
         Lt = max(1, int(tlen.max()))
         return {"frames": torch.cat([x[0] for x in items]),  # (B, T, 3, S, S) uint8
                 "text_ids": torch.from_numpy(np.concatenate([x[1][:, :Lt] for x in items])),
@@ -256,7 +228,14 @@ class FramePretrainData(PretrainData):
                 "video_index": torch.tensor([x[4] for x in items for _ in range(len(x[0]))])}  # (B,) for VTM pairs
 
 
-# ----------------------------------------------------------------------------- token cache
+def _asr_time(x):
+    """An ASR start / end as a finite float, else None (null, a string, NaN)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
 
 def token_cache(caption_path, tokenizer, cache_dir=None):
     """Tokenise every ASR caption once. With cache_dir, cache as cache_dir/tokens-<hash>.npz, the hash covering
@@ -264,7 +243,7 @@ def token_cache(caption_path, tokenizer, cache_dir=None):
     cache); never beside the captions (datasets may be read-only and shared). The file is written under a
     unique temp name and renamed, so processes building it at once never collide.
     -> dict vids, cap_off (nv+1), start, end (nc), tok_off (nc+1), ids (int32), skipped counts and ids."""
-    st = os.stat(_need(caption_path))
+    st = os.stat(_need(caption_path))  # nc = ASR clips kept, nv = videos; offsets index the flat arrays
     key = hashlib.sha1(f"v2|{os.path.abspath(caption_path)}|{tokenizer.to_str()}|{st.st_size}|{st.st_mtime_ns}"
                        .encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"tokens-{key}.npz") if cache_dir else None
@@ -287,7 +266,7 @@ def token_cache(caption_path, tokenizer, cache_dir=None):
                 continue
             start.append(s), end.append(e), texts.append(t)
         vids.append(vid), cap_off.append(len(texts))
-    ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
+    ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []  # no [CLS]
     lens = np.array([len(x) for x in ids], dtype=np.int64)
     for i in np.flatnonzero(lens == 0):  # text that tokenises to nothing
         bad.skip("ASR clips with empty text", vids[np.searchsorted(cap_off, i, side="right") - 1])
@@ -310,7 +289,7 @@ def token_cache(caption_path, tokenizer, cache_dir=None):
     return out
 
 
-# ----------------------------------------------------------------------------- text
+# ----------------------------------------------------------------------------- batches (docs/method.md §1)
 
 def encode_texts(tokenizer, texts, max_len=MAX_TEXT):
     """-> (content ids per text, no [CLS]/[SEP], truncated to max_len; number truncated)."""
@@ -339,8 +318,6 @@ def collate_pairs(videos, texts, pad_id=0):
             "text_ids": text, "text_mask": text_mask}
 
 
-# ----------------------------------------------------------------------------- features
-
 def clip_features(feat, start, end, max_len=MAX_VIDEO):
     """Seconds floor(start)..ceil(end) of feat clipped to T, the FIRST max_len of them -> float32 (k, 512)."""
     T = feat.shape[0]
@@ -357,6 +334,7 @@ DATASETS = {"howto100m": "raw_caption.json", "msrvtt": "MSRVTT_data.json", "youc
 
 
 def stats(root):
+    """`python data.py stats DIR`: videos, hours and feature dim per dataset found, then its records per split."""
     found = {n: os.path.join(root, n) for n in DATASETS if os.path.isdir(os.path.join(root, n))}
     found = found or {n: root for n, f in DATASETS.items() if os.path.exists(os.path.join(root, f))}
     if not found:
@@ -403,7 +381,25 @@ def _tokenizer(root):
         return Tokenizer.from_file(_need(os.path.join(d, "tokenizer.json")))
 
 
+def time_loader(pd, batch_videos, num_workers, n_batches):
+    """Clips/s of a PretrainData loader: -> (clips, seconds) over n_batches batches after an untimed first one
+    (worker start-up), over as many epochs as needed."""
+    n, seen, epoch, t0 = 0, -1, 0, None
+    while seen < n_batches:
+        for b in pd.loader(batch_videos, epoch=epoch, num_workers=num_workers):
+            seen += 1
+            if seen == 0:
+                t0 = time.perf_counter()
+            else:
+                n += b["video"].shape[0]
+            if seen == n_batches:
+                break
+        epoch += 1
+    return n, time.perf_counter() - t0
+
+
 def bench(root, workers=(0, 1, 2), batch_videos=8, n_batches=20):
+    """`python data.py bench DIR`: clips/s of the pre-training loader for each DataLoader worker count."""
     torch.set_num_threads(1)
     data = PretrainData(root, _tokenizer(root))
     print(f"bench: {data.num_videos} videos, features {type(data.store).__name__} {data.store.root}")
@@ -434,8 +430,8 @@ def main(argv=None):
     s.add_argument("--out", required=True, help="output directory for {split}_meta.pkl and shards")
     s.add_argument("--split", default="train", help="split name used in the shard file names")
     s.add_argument("--videos_per_shard", type=int, default=1000, help="videos per shard file")
-    s = sub.add_parser("stats", help="print a few lines per dataset found in DIR")
-    s.add_argument("dir", help="world directory or one dataset directory")
+    sub.add_parser("stats", help="print a few lines per dataset found in DIR").add_argument(
+        "dir", help="world directory or one dataset directory")
     s = sub.add_parser("bench", help="clips/s of the pre-training loader")
     s.add_argument("dir", help="directory with howto100m/ (or a howto100m dir) and tokenizer.json / vocab.txt")
     s.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts to time")
