@@ -28,6 +28,8 @@ from video import Counts, DataError, VideoStore, _load_pickle, _need, _report, o
 
 
 # ----------------------------------------------------------------------------- file readers (docs/data_formats.md)
+# One function per file of a release; each checks the structure it relies on and raises DataError naming the file,
+# row or key otherwise. They return plain dicts / lists; the load_* functions below pick splits and videos.
 
 def _dataset_dir(data_dir, name):
     """Accept the world directory (with `name/` inside) or the dataset directory itself."""
@@ -48,11 +50,11 @@ def _load_json(path):
 def read_captions(path):
     """HowTo100M `raw_caption.json` (or a pickle of the same dict) -> {vid: {"start", "end", "text"}}.
     MMPT's `raw_caption.pkl` holds each video's dict as a JSON string: those are decoded too."""
-    caps = _load_pickle(path) if path.endswith((".pkl", ".pickle")) else _load_json(path)
+    caps = _load_pickle(path) if path.endswith((".pkl", ".pickle")) else _load_json(path)  # {vid: {...}}
     if not isinstance(caps, dict):
         raise DataError(f"{path}: expected a dict {{video_id: {{start, end, text}}}}, got {type(caps).__name__}")
     for vid, c in caps.items():
-        if isinstance(c, (str, bytes)):
+        if isinstance(c, (str, bytes)):  # the MMPT pickle's JSON-string values
             try:
                 c = caps[vid] = json.loads(c)
             except json.JSONDecodeError as e:
@@ -60,7 +62,7 @@ def read_captions(path):
         if not isinstance(c, dict) or not all(isinstance(c.get(k), (list, tuple)) for k in ("start", "end", "text")):
             got = sorted(c) if isinstance(c, dict) else type(c).__name__
             raise DataError(f"{path}: video {vid!r}: expected lists under 'start', 'end', 'text', got {got}")
-        n = {k: len(c.get(k, ())) for k in ("start", "end", "text")}
+        n = {k: len(c.get(k, ())) for k in ("start", "end", "text")}  # one start, end and text per ASR clip
         if len(set(n.values())) != 1:
             raise DataError(f"{path}: video {vid!r}: caption lists of unequal length {n}")
     return caps
@@ -72,7 +74,7 @@ def read_howto_csv(path):
         head = f.readline().strip().split(",")
         if head[:1] != ["video_id"]:
             raise DataError(f"{path}: header must start with video_id, got {head}")
-        return {r[0]: dict(zip(head[1:], r[1:])) for r in (l.rstrip("\n").split(",") for l in f) if r[0]}
+        return {r[0]: dict(zip(head[1:], r[1:])) for r in (l.rstrip("\n").split(",") for l in f) if r[0]}  # by vid
 
 
 def read_id_list(path):
@@ -81,7 +83,7 @@ def read_id_list(path):
         lines = [l.strip() for l in f if l.strip()]
     if not lines or lines[0].split(",")[0] != "video_id":
         raise DataError(f"{path}: expected header 'video_id'")
-    return [l.split(",")[0] for l in lines[1:]]
+    return [l.split(",")[0] for l in lines[1:]]  # e.g. ["video0", "video1", ...]
 
 
 def read_jsfusion(path):
@@ -92,7 +94,7 @@ def read_jsfusion(path):
             raise DataError(f"{path}: header must be key,vid_key,video_id,sentence, got {head}")
         rows = []
         for i, l in enumerate(f):
-            r = l.rstrip("\r\n").split(",", 3)
+            r = l.rstrip("\r\n").split(",", 3)  # split at the first 3 commas only: the rest is the sentence
             if not l.strip():
                 continue
             if len(r) < 4 or not r[2].strip():
@@ -113,7 +115,7 @@ def read_msrvtt_json(path):
                 raise DataError(f"{path}: {key}[{i}]: expected a dict with keys {need}")
     videos = {v["video_id"]: {"start": v.get("start time"), "end": v.get("end time"), "split": v.get("split")}
               for v in d.get("videos", [])}
-    sents = {}
+    sents = {}  # 20 captions per video in the release
     for s in d.get("sentences", []):
         sents.setdefault(s["video_id"], []).append(s["caption"])
     return videos, sents
@@ -132,7 +134,7 @@ def read_mc(path):
             raise DataError(f"{path}: row {i + 2}: missing or bad field {e}") from None
         if not 0 <= ans < 5 or not all(c.strip() for c in cands) or not key.startswith("msr"):
             raise DataError(f"{path}: row {i + 2}: bad answer {ans} / empty candidate / vid_key {key!r}")
-        out.append({"video_id": "video" + key[3:], "candidates": cands, "answer": ans})
+        out.append({"video_id": "video" + key[3:], "candidates": cands, "answer": ans})  # msr7 -> video7
     return out
 
 
@@ -143,7 +145,7 @@ def read_database(path, ann_key=None):
     if not isinstance(d, dict) or not isinstance(d.get("database"), dict):
         got = sorted(d)[:8] if isinstance(d, dict) else type(d).__name__
         raise DataError(f"{path}: expected a top-level key 'database' (a dict of videos), got {got}")
-    for vid, x in d["database"].items() if ann_key else ():
+    for vid, x in d["database"].items() if ann_key else ():  # {vid: {"subset", ann_key: [{"segment", ...}]}}
         where = f"{path}: video {vid!r}"
         if not isinstance(x, dict) or "subset" not in x or not isinstance(x.get(ann_key), list):
             got = sorted(x) if isinstance(x, dict) else type(x).__name__
@@ -173,7 +175,7 @@ def read_tasks(path):
             continue
         if i + 4 >= len(lines):
             raise DataError(f"{path}: line {i + 1}: incomplete task card")
-        tid, name, _, n, steps = lines[i : i + 5]
+        tid, name, _, n, steps = lines[i : i + 5]  # the url is not used
         steps = steps.split(",")
         if not n.isdigit() or int(n) != len(steps):
             raise DataError(f"{path}: task {tid}: n_steps {n!r} but {len(steps)} steps listed")
@@ -202,7 +204,7 @@ def read_crosstask_annotation(path):
         for i, l in enumerate(f):
             try:
                 if l.strip():
-                    s, a, b = l.strip().split(",")
+                    s, a, b = l.strip().split(",")  # e.g. "1,12.5,17.0"
                     rows.append((int(s), float(a), float(b)))
             except ValueError:
                 raise DataError(f"{path}: line {i + 1}: expected step,start,end, got {l.strip()!r}") from None
@@ -210,6 +212,8 @@ def read_crosstask_annotation(path):
 
 
 # ----------------------------------------------------------------------------- downstream loaders
+# Each load_* returns records (dicts, one per video or segment) and the store (video.py) their video_id index;
+# store.report holds the skip / clip counts, printed once as one line. Times are seconds of features (1 per s).
 
 def _carve(ids, frac=0.1, seed=0):
     """Fixed-seed validation carve: -> (train ids, val ids), sorted, val at least 1 when possible."""
@@ -230,6 +234,7 @@ def _segment(s, e, where, T, counts):
 
 
 def _keep(vids, store, where, counts):
+    """The listed videos that have a non-empty feature file (the others counted); DataError when none has."""
     kept = []
     for v in vids:
         if v not in store:
@@ -244,6 +249,7 @@ def _keep(vids, store, where, counts):
 
 
 def _counts():
+    """The counts every loader reports, zero or not."""
     return Counts({"videos without features, skipped": 0, "segments ran past the features, clipped": 0,
                    "annotations for unknown videos, skipped": 0})
 
@@ -261,6 +267,7 @@ def _step_id(a, where):
 
 
 def _youcook(data_dir, split):
+    """YouCook2 segments of a split -> ([{"video_id", "clip_id", "start", "end", "text"}], store)."""
     d = _dataset_dir(data_dir, "youcook2")
     path = os.path.join(d, "youcookii_annotations_trainval.json")
     db, store, counts = read_database(path, "annotations"), open_features(os.path.join(d, "feats")), _counts()
@@ -295,7 +302,7 @@ def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k", v
         raise DataError(f"unknown retrieval dataset {dataset!r} (msrvtt, youcook2)")
     d, counts = _dataset_dir(data_dir, "msrvtt"), _counts()
     store = VideoStore(os.path.join(d, "videos")) if videos else open_features(os.path.join(d, "feats"))
-    if split == "test":
+    if split == "test":  # the 1k-A test set: one caption per video, 1,000 rows in the release
         path = os.path.join(d, "MSRVTT_JSFUSION_test.csv")
         rows = read_jsfusion(path)
         for r in rows:
@@ -313,7 +320,7 @@ def load_retrieval(data_dir, dataset="msrvtt", split="train", train_list="9k", v
                 if not isinstance(c, str) or not c.strip():
                     counts.skip("empty captions in MSRVTT_data.json, skipped", vid)
             sents[vid] = [c for c in caps if isinstance(c, str) and c.strip()]
-        ids = dict(zip(("train", "val"), _carve(read_id_list(lst))))[split]
+        ids = dict(zip(("train", "val"), _carve(read_id_list(lst))))[split]  # the 10% val carve of the list
         recs = []
         for vid in _keep(ids, store, lst, counts):
             if not sents.get(vid):
@@ -356,18 +363,16 @@ def load_coin(data_dir, split):
         labels = np.zeros(T, dtype=np.int64)  # (T,)
         for a in db[vid]["annotation"]:
             s, e = _segment(*a["segment"], f"{path}: video {vid!r} step {a['id']}", T, counts)
-            s = min(int(math.floor(s)), T - 1)
+            s = min(int(math.floor(s)), T - 1)  # at least one second per segment
             labels[s : max(int(math.ceil(e)), s + 1)] = _step_id(a, f"{path}: video {vid!r}")
         recs.append({"video_id": vid, "labels": labels})
     store.report = _report(f"coin/{split}", counts)
     return recs, store, num_classes
 
 
-def load_crosstask(data_dir, split, n_train=30):
-    """CrossTask primary tasks -> (records {"task", "video_id", "labels": float32 (T, K)}, tasks, store).
-    val = videos_val.csv; train = n_train videos per task (fixed seed); test = the rest."""
-    d, counts = _dataset_dir(data_dir, "crosstask"), _counts()
-    tasks, store = read_tasks(os.path.join(d, "tasks_primary.txt")), open_features(os.path.join(d, "feats"))
+def _crosstask_split(d, tasks, store, split, n_train, counts):
+    """-> the (task, video) pairs of a CrossTask split that have features and an annotations/ csv; counts the rest.
+    Only primary tasks (tasks_primary.txt) are used; videos.csv also lists the related ones."""
     ann_dir = os.path.join(d, "annotations")
     listed = read_crosstask_videos(os.path.join(d, "videos.csv"))
     val = [tv for tv in read_crosstask_videos(os.path.join(d, "videos_val.csv")) if tv[0] in tasks]
@@ -384,11 +389,11 @@ def load_crosstask(data_dir, split, n_train=30):
             counts.skip("annotations for unknown videos, skipped", f)
     usable = lambda tv: tv[1] in store and os.path.exists(os.path.join(ann_dir, f"{tv[0]}_{tv[1]}.csv"))
     val_set = set(val)
-    pool = sorted({tv for tv in listed if tv[0] in tasks and tv not in val_set})
+    pool = sorted({tv for tv in listed if tv[0] in tasks and tv not in val_set})  # train + test candidates
     train = []
     for task in sorted(tasks):
         cand = [tv for tv in pool if tv[0] == task and usable(tv)]
-        perm = np.random.default_rng([0, zlib.crc32(task.encode())]).permutation(len(cand))
+        perm = np.random.default_rng([0, zlib.crc32(task.encode())]).permutation(len(cand))  # fixed per task
         train += [cand[i] for i in sorted(perm[:n_train])]
     train_set = set(train)
     chosen = {"train": train, "val": sorted(val_set), "test": [tv for tv in pool if tv not in train_set]}
@@ -403,8 +408,17 @@ def load_crosstask(data_dir, split, n_train=30):
     keep = [tv for tv in keep if store.length(tv[1]) > 0]
     if not keep:
         raise DataError(f"{d}: crosstask/{split} names no video with features and annotations")
-    recs = []
-    for task, vid in keep:
+    return keep
+
+
+def load_crosstask(data_dir, split, n_train=30):
+    """CrossTask primary tasks -> (records {"task", "video_id", "labels": float32 (T, K)}, tasks, store).
+    val = videos_val.csv; train = n_train videos per task (fixed seed); test = the rest. Label [t, k] = 1 when
+    second t lies in a segment of step k + 1 (steps are 1-based in the csv), as the CrossTask toolkit marks them."""
+    d, counts = _dataset_dir(data_dir, "crosstask"), _counts()
+    tasks, store = read_tasks(os.path.join(d, "tasks_primary.txt")), open_features(os.path.join(d, "feats"))
+    ann_dir, recs = os.path.join(d, "annotations"), []
+    for task, vid in _crosstask_split(d, tasks, store, split, n_train, counts):
         path, T, K = os.path.join(ann_dir, f"{task}_{vid}.csv"), store.length(vid), len(tasks[task]["steps"])
         labels = np.zeros((T, K), dtype=np.float32)  # (T, K)
         for step, s, e in read_crosstask_annotation(path):
@@ -415,7 +429,7 @@ def load_crosstask(data_dir, split, n_train=30):
             if s >= T:  # the CrossTask toolkit's rule: a segment starting past the features marks no frame
                 counts.skip("segments starting past the features, left empty", vid)
                 continue
-            labels[s : max(int(math.ceil(e)), s + 1), step - 1] = 1.0
+            labels[s : max(int(math.ceil(e)), s + 1), step - 1] = 1.0  # seconds floor(s)..ceil(e), column k
         recs.append({"task": task, "video_id": vid, "labels": labels})
     store.report = _report(f"crosstask/{split}", counts)
     return recs, tasks, store
