@@ -7,9 +7,10 @@ A video reaches the model in one of two forms (docs/data_formats.md, "Features" 
 - raw frames (All-in-One, docs/allinone.md): `.mp4` / `.webm` / ... files read with PyAV (VideoStore,
   read_video), or the built-in world's `.npy` frame arrays when PyAV is absent.
 
-DataError lives here, at the bottom of the module graph, because the stores raise it; readers.py and data.py
-import it from here. Nothing in this file imports another module of this repository.
-No command: data.py / readers.py use it (`python data.py stats DIR` shows what the stores found).
+DataError (a file that cannot be used) and Counts (skips, printed as one line) live here, at the bottom of the
+module graph, because the stores raise DataError; readers.py and data.py import both from here. Nothing in this
+file imports another module of this repository. No command of its own: `python data.py stats DIR` shows what the
+stores find, `python data.py pack` calls pack.
 """
 import glob, os, pickle
 
@@ -20,9 +21,10 @@ import torch.nn.functional as F
 FEAT_DIM = 512     # S3D feature size: one vector per second of video
 
 
+# ----------------------------------------------------------------------------- errors and skip counts
+
 class DataError(ValueError):
     """A data file that cannot be used as it is; the message names the file and the row / key / video."""
-
 
 
 class Counts(dict):
@@ -32,7 +34,7 @@ class Counts(dict):
         super().__init__(*a, **kw)
         self.examples = {}
 
-    def skip(self, reason, vid, n=1):
+    def skip(self, reason, vid, n=1):  # count n skips for `reason`, remembering `vid` among the first 3
         self[reason] = self.get(reason, 0) + n
         ex = self.examples.setdefault(reason, [])
         if len(ex) < 3 and vid not in ex:
@@ -79,7 +81,8 @@ def _check_feat(a, where):
 
 
 class NpyStore:
-    """A directory of `<vid>.npy` files, each (T, 512); read lazily with mmap_mode="r"."""
+    """A directory of `<vid>.npy` files, each (T, 512); read lazily with mmap_mode="r". A store maps a video id
+    to its (T, 512) array (`store[vid]`, checked on each read) and `length(vid)` = T seconds without reading it."""
 
     def __init__(self, root):
         self.root = root
@@ -102,7 +105,7 @@ class NpyStore:
         a, path = self._open(vid)
         return _check_feat(a, path)  # (T, 512) np.memmap
 
-    def length(self, vid):
+    def length(self, vid):  # T, from the .npy header only
         a, path = self._open(vid)
         if a.ndim != 2:
             raise DataError(f"{path}: features must be (T, {FEAT_DIM}), got shape {a.shape}")
@@ -114,7 +117,7 @@ class ShardStore:
     `{split}_{k}_starts.npy` int64 offsets (one per video plus the end). Shards are memory-mapped on first use."""
 
     def __init__(self, root):
-        self.root, self.where, self._open = root, {}, {}
+        self.root, self.where, self._open = root, {}, {}  # where: {vid: (shard name, index in shard)}
         for meta in sorted(glob.glob(os.path.join(root, "*_meta.pkl"))):
             split = os.path.basename(meta)[: -len("_meta.pkl")]
             shards = _load_pickle(meta)
@@ -128,7 +131,7 @@ class ShardStore:
     def __contains__(self, vid):
         return vid in self.where
 
-    def _shard(self, name):
+    def _shard(self, name):  # -> (data (sum T, 512) memmap, starts (n + 1,)), opened once
         if name not in self._open:
             base = os.path.join(self.root, name)
             try:
@@ -141,7 +144,7 @@ class ShardStore:
             self._open[name] = (data, starts)
         return self._open[name]
 
-    def _span(self, vid):
+    def _span(self, vid):  # -> (shard data, first row, end row, shard name) of one video
         if vid not in self.where:
             raise KeyError(f"{self.root}: no features for video {vid!r} in any *_meta.pkl")
         name, i = self.where[vid]
@@ -171,14 +174,14 @@ def pack(features, out, split="train", videos_per_shard=1000):
     if not src.ids:
         raise DataError(f"{features}: no .npy feature files to pack")
     os.makedirs(out, exist_ok=True)
-    dtype, meta = src[src.ids[0]].dtype, {}
+    dtype, meta = src[src.ids[0]].dtype, {}  # the first file's dtype for every shard; meta {k: [vid, ...]}
     for k, i0 in enumerate(range(0, len(src.ids), videos_per_shard)):
         vids = src.ids[i0 : i0 + videos_per_shard]
         lengths = [src.length(v) for v in vids]
         starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (n + 1,)
         base = os.path.join(out, f"{split}_{k}")
         tmp = base + "_data.tmp.npy"
-        data = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(int(starts[-1]), FEAT_DIM))
+        data = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(int(starts[-1]), FEAT_DIM))  # (sum T, 512)
         for j, v in enumerate(vids):  # one video in RAM at a time
             data[starts[j] : starts[j + 1]] = src[v]
         data.flush()
@@ -204,6 +207,7 @@ VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
 
 def _import_av(path):
+    """The `av` module (PyAV), or an ImportError that says how to install it and names the file being read."""
     try:
         import av
     except ImportError:
@@ -216,7 +220,7 @@ def sample_times(start, end, T, train, rng=None):
     """T times in [start, end): one per equal segment, random in training, the segment's middle otherwise."""
     if not end > start:
         raise ValueError(f"sample_times: empty clip [{start}, {end})")
-    d = (end - start) / T
+    d = (end - start) / T  # segment length in seconds
     u = rng.random(T) if train else np.full(T, 0.5)
     return (start + d * (np.arange(T) + u)).tolist()
 
@@ -269,13 +273,13 @@ def read_video(path, num_frames=3, size=224, start=None, end=None, train=False, 
             raise ValueError(f"{path}: cannot read frames: {e}") from None
         if a.ndim != 4 or a.shape[3] != 3 or a.dtype != np.uint8 or len(a) == 0:
             raise ValueError(f"{path}: frames must be non-empty uint8 (n, H, W, 3), got {a.dtype} {a.shape}")
-        return resize_crop(a[[min(int(t), len(a) - 1) for t in times]], size)
+        return resize_crop(a[[min(int(t), len(a) - 1) for t in times]], size)  # frame i covers second i
     av = _import_av(path)
-    out, last = [], None
+    out, last = [], None  # out: (h, w, 3) uint8 frames, one per time; last: the latest decoded frame
     try:
         with av.open(path) as c:
             st = c.streams.video[0]
-            if start > 0:
+            if start > 0:  # to the key frame at or before `start`, then decode forward
                 c.seek(int(start / st.time_base), stream=st, backward=True)
             for i, f in enumerate(c.decode(st)):
                 t = f.time if f.time is not None else i / float(st.average_rate or 1)
@@ -311,11 +315,11 @@ class VideoStore:
     def __contains__(self, vid):
         return vid in self.paths
 
-    def length(self, vid):
+    def length(self, vid):  # whole seconds (at least 1), as the feature stores count them
         if vid not in self._len:
             self._len[vid] = max(1, int(video_duration(self.paths[vid]) + 1e-6))
         return self._len[vid]
 
-    def clip(self, vid, start, end, num_frames, size, train=False, rng=None):
+    def clip(self, vid, start, end, num_frames, size, train=False, rng=None):  # see read_video
         return read_video(self.paths[vid], num_frames, size, start, end, train, rng)  # (T, 3, S, S)
 
