@@ -1,5 +1,6 @@
-"""Tests for data.py: every reader on small files written here in the real layouts (docs/data_formats.md), packing,
-lazy features, the tokenisation cache, the pre-training sampler's invariants, and every bad-input case.
+"""Tests for data.py, readers.py and video.py: every reader on small files written here in the real layouts
+(docs/data_formats.md), packing, lazy features, the tokenisation cache, the pre-training sampler's invariants,
+and every bad-input case.
 
 Run: python -m pytest -q tests/test_data.py
 """
