@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 import data
-import video
 import losses
 import train
+import video
 import vlm
 
 SECTIONS = ["encoder", "step", "retrieval", "decode", "data", "memory", "comm", "frames"]

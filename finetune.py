@@ -29,9 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-import readers
 import evaluate
 from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
+import readers
 from train import (Objective, StopFlag, amp_setup, any_rank, atomic_save, ensure_world, load_trained, lr_at,
                    make_optimizer, optimizer_step, parse_config, setup_distributed, to_device, trained_tokenizer,
                    wrap_ddp)

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 import data
-import readers
-import video
 import evaluate
 import finetune
+import readers
 import train
+import video
 import vlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import data
-import readers
 import evaluate
 import finetune
+import readers
 import train
 import vlm
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import data
-import readers
 import evaluate
+import readers
 import vlm as vlm_module
 from vlm import TEXT_START
 

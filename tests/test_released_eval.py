@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import data
-import readers
 import evaluate
 from evaluate import dp_align, frame_outputs, localization_recall, step_log_probs, window_average, windows
+import readers
 
 
 def test_windows_start_every_stride_and_the_last_is_shorter():

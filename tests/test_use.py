@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 import data
-import video
 import evaluate
 import masking
 import plots
 import use
+import video
 import vlm
 
 SVG = "{http://www.w3.org/2000/svg}"
