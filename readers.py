@@ -4,7 +4,7 @@ Each read_* parses one file of a public release exactly as it ships (quirks incl
 HowTo100M `raw_caption.json` (the pre-training ASR, sec. 5.1), MSR-VTT (JSFusion test csv, MSRVTT_data.json,
 the 9k / 7k train lists, the MC test csv), YouCook2 / COIN (`database` json), CrossTask (task cards, video lists,
 per-video step csv). Each load_* turns a dataset directory into records plus the video store they index
-(video.py), for the downstream tasks of sec. 5.2 - 5.5 (docs/method.md §5). The built-in world (world.py)
+(video.py), for the downstream tasks of sec. 4.1 - 4.5 (docs/method.md §5). The built-in world (world.py)
 writes the same layouts. `python data.py stats DIR` prints what these loaders find.
 
 Bad input (nothing is dropped silently; every skip is counted and printed in one line that names a few ids):
