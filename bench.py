@@ -43,6 +43,7 @@ import data
 import evaluate
 import losses
 import train
+import video
 import vlm
 import world
 from allinone import roll_tokens
@@ -371,7 +372,7 @@ def bench_data(args, device, ctx, res):
         root = os.path.join(tmp, "world")
         world.synth(root, seed=0, size="tiny")
     packed = os.path.join(tmp, "packed")
-    data.pack(os.path.join(root, "howto100m", "feats"), packed)
+    video.pack(os.path.join(root, "howto100m", "feats"), packed)
     step = res.get("step", {})
     clips = step.get("clips", 4 if args.quick else 8)
     K = min(32, clips)
@@ -557,7 +558,7 @@ def bench_decode_video(args):
     with tempfile.TemporaryDirectory() as d:
         path = world.write_frames(os.path.join(d, "clip"), clip.astype(np.uint8))
         t = interleaved({"all": lambda: sum(1 for _ in av.open(path).decode(video=0)),
-                         "read": lambda: data.read_video(path, 3, size)}, "cpu", args.repeats)
+                         "read": lambda: video.read_video(path, 3, size)}, "cpu", args.repeats)
     row(f"video decode, {size}x{size} H.264 (PyAV)", f"{n / t['all']:.0f} frames/s", "", None, "", None)
     row("read_video: T=3 frames of a whole clip, resized + cropped", f"{1 / t['read']:.1f} clips/s", "", None, "",
         None)

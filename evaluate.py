@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import readers
 from checkpoint import CheckpointError, load_finetuned, load_model, trained_tokenizer
 from common import amp_setup, cli, flag_type
 from tokens import load_tokenizer
@@ -549,7 +550,7 @@ def run_task(task, model, data_dir, split, tok, dataset="youcook2", device="cpu"
     try:
         if task == "retrieval" or (task == "qa" and split != "test"):
             dataset = "msrvtt" if task == "qa" else dataset
-            recs, store = data.load_retrieval(data_dir, dataset, split)
+            recs, store = readers.load_retrieval(data_dir, dataset, split)
             if not recs:
                 raise SystemExit(f"{data_dir}: the {dataset} {split} split is empty")
             texts = [r["texts"][0] for r in recs]
@@ -566,7 +567,7 @@ def run_task(task, model, data_dir, split, tok, dataset="youcook2", device="cpu"
                       f" {'RIGHT' if j == i else 'wrong'}")
             return m
         if task == "qa":
-            recs, store = data.load_mc(data_dir)
+            recs, store = readers.load_mc(data_dir)
             if not recs:
                 raise SystemExit(f"{data_dir}: the multiple-choice test set is empty")
             v = encode_videos(vlm, [record_clip(store, r) for r in recs], device, ctx)
@@ -581,7 +582,7 @@ def run_task(task, model, data_dir, split, tok, dataset="youcook2", device="cpu"
                 print(f"video {recs[i]['video_id']}: chose {c[scores[i].argmax()]!r}, answer {c[answers[i]]!r}")
             return {"acc": mc_accuracy(scores, answers)}
         if task == "segmentation":
-            recs, store, num_classes = data.load_coin(data_dir, split)
+            recs, store, num_classes = readers.load_coin(data_dir, split)
             if head is None:
                 raise SystemExit("segmentation needs a fine-tuned checkpoint with its classifier (finetune.py)")
             if head.out_features != num_classes:
@@ -594,7 +595,7 @@ def run_task(task, model, data_dir, split, tok, dataset="youcook2", device="cpu"
                 labels.append(np.asarray(r["labels"]))
             return frame_accuracy(preds, labels)
         if task == "localization":
-            recs, tasks, store = data.load_crosstask(data_dir, split)
+            recs, tasks, store = readers.load_crosstask(data_dir, split)
             step_emb = {k: encode_text_ids(vlm, _tokenize(tok, t["steps"]), device, ctx).to(device)
                         for k, t in tasks.items()}
             out = []
@@ -615,7 +616,7 @@ def run_task(task, model, data_dir, split, tok, dataset="youcook2", device="cpu"
 @torch.no_grad()
 def run_captioning(vlm, data_dir, split, tok, device, ctx, show=0, batch_size=64):
     """val: next-token loss (for model selection); test: beam search (5 beams, 24 positions) + metrics."""
-    recs, store = data.load_captioning(data_dir, split)
+    recs, store = readers.load_captioning(data_dir, split)
     if not recs:
         raise SystemExit(f"{data_dir}: the captioning {split} split is empty")
     clips = [record_clip(store, r) for r in recs]
@@ -694,17 +695,17 @@ def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcon
     try:
         n_tok = m.config.max_text_len - 2
         if task == "retrieval":
-            recs, store = data.load_retrieval(data_dir, "msrvtt", split, videos=True)
+            recs, store = readers.load_retrieval(data_dir, "msrvtt", split, videos=True)
             ids = _tokenize(tok, [r["texts"][0] for r in recs], n_tok)
             t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx)
             return retrieval_metrics(t @ v.T)
         if task != "qa":
             raise SystemExit(f"the frames model evaluates retrieval and qa, not {task!r}")
         if split == "test":
-            recs, store = data.load_mc(data_dir, videos=True)
+            recs, store = readers.load_mc(data_dir, videos=True)
             cands, answers = [r["candidates"] for r in recs], [r["answer"] for r in recs]
         else:
-            recs, store = data.load_retrieval(data_dir, "msrvtt", split, videos=True)
+            recs, store = readers.load_retrieval(data_dir, "msrvtt", split, videos=True)
             cands, answers = mc_candidates([r["texts"][0] for r in recs])
         ids = _tokenize(tok, [c for cs in cands for c in cs], n_tok)
         t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx)
@@ -724,7 +725,7 @@ def video_collapse(vlm, data_dir, n=32):
     """How much of the video stream is one shared direction (README, "What pre-training buys"): the norm of
     the video MLP's mean output against its per-token part, and how much the last layer's states differ across
     the seconds of one clip (std over a clip's valid tokens, averaged) against their norm."""
-    recs, store = data.load_retrieval(data_dir, "youcook2", "val")
+    recs, store = readers.load_retrieval(data_dir, "youcook2", "val")
     b = data.collate_pairs([record_clip(store, r) for r in recs[:n]], [[0]] * min(n, len(recs)))
     vm = b["video_mask"]
     x = vlm.video_mlp(b["video"])[vm]  # (N, H) video tokens (Eq. 1)
@@ -772,7 +773,7 @@ def word_probe(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n=300, seed=
     """Top-1 accuracy of the pre-training head on one masked word per MSR-VTT-like test caption, video visible
     and video hidden (zeroed features, as MMM's masked video), for concept words and template words; chance is
     always answering the most frequent target word of the class."""
-    recs, store = data.load_retrieval(data_dir, "msrvtt", "test")
+    recs, store = readers.load_retrieval(data_dir, "msrvtt", "test")
     recs = recs[:n]
     clips = [record_clip(store, r) for r in recs]
     ids = _tokenize(tok, [r["texts"][0] for r in recs])
@@ -802,7 +803,7 @@ def mc_pseudo_likelihood(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n=
     """Zero-shot multiple choice with the pre-training head: each answer scored by its pseudo-log-likelihood
     given the video, sum over its tokens of log p(token | video, the other tokens) with that token masked.
     Returns the accuracy, or with scores_only the (n, 5) scores."""
-    recs, store = data.load_mc(data_dir)
+    recs, store = readers.load_mc(data_dir)
     recs = recs[:n]
     clips, ids, pos, owner = [], [], [], []
     for q, r in enumerate(recs):
@@ -831,16 +832,16 @@ def grounding_probes(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n_word
         rows = [(f"{k} words top-1, video visible (video hidden)", w.get(f"{k}_top1_video"),
                  w.get(f"{k}_top1_no_video"), w.get(f"{k}_chance"), "most frequent word") for k in
                 ("concept", "template") if f"{k}_n" in w]
-        n = min(n_mc, len(data.load_mc(data_dir)[0]))
+        n = min(n_mc, len(readers.load_mc(data_dir)[0]))
         rows.append((f"MC QA by log p(answer | video), {n} questions",
                      mc_pseudo_likelihood(vlm, data_dir, tok, device, ctx, n=n), None, 20.0, "1 in 5"))
         for ds in ("msrvtt", "youcook2"):
             m = run_task("retrieval", vlm, data_dir, "test", tok, dataset=ds, device=device, ctx=ctx)
-            n = len(data.load_retrieval(data_dir, ds, "test")[0])
+            n = len(readers.load_retrieval(data_dir, ds, "test")[0])
             rows.append((f"{ds} retrieval R@1 / R@10", m["R1"], m["R10"], 100.0 / n,
                          f"R@10 {min(100.0, 1000.0 / n):.2f}"))
         loc = run_task("localization", vlm, data_dir, "test", tok, device=device, ctx=ctx)["recall"]
-        recs = data.load_crosstask(data_dir, "test")[0]
+        recs = readers.load_crosstask(data_dir, "test")[0]
         rows.append(("localization recall", loc, None, even_steps_recall(recs), "evenly spaced steps"))
     finally:
         vlm.train(was_training)
@@ -856,18 +857,18 @@ def baselines(data_dir, tok):
     """Chance and trivial baselines on the test splits, computed the same way as the model's numbers."""
     out = {}
     for ds in ("msrvtt", "youcook2"):
-        recs, _ = data.load_retrieval(data_dir, ds, "test")
+        recs, _ = readers.load_retrieval(data_dir, ds, "test")
         n = len(recs)  # chance: the true video ranked uniformly at random among n
         out[f"retrieval-{ds}"] = {"R1": 100 / n, "R5": min(100.0, 500 / n), "R10": min(100.0, 1000 / n),
                                   "MedR": (n + 1) / 2}
     out["qa"] = {"acc": 20.0}
-    recs, _, _ = data.load_coin(data_dir, "test")
+    recs, _, _ = readers.load_coin(data_dir, "test")
     labels = [np.asarray(r["labels"]) for r in recs]
     out["segmentation"] = {"acc": frame_accuracy([np.zeros_like(l) for l in labels], labels)["acc"]}  # all background
-    recs, _, _ = data.load_crosstask(data_dir, "test")
+    recs, _, _ = readers.load_crosstask(data_dir, "test")
     out["localization"] = {"recall": even_steps_recall(recs)}  # evenly spaced steps (i.i.d. noise sits below)
-    train, _ = data.load_captioning(data_dir, "train")
-    test, _ = data.load_captioning(data_dir, "test")
+    train, _ = readers.load_captioning(data_dir, "train")
+    test, _ = readers.load_captioning(data_dir, "test")
     words = {}
     for r in train:
         words[r["text"].lower()] = words.get(r["text"].lower(), 0) + 1
@@ -896,7 +897,7 @@ def linear_floor(data_dir, tok, task="retrieval", dataset="youcook2", dim=256, s
     the task's training split, Adam for `steps` steps of 128 pairs; the retrieval or MC test metric."""
     g = torch.Generator().manual_seed(seed)
     dataset = "msrvtt" if task == "qa" else dataset
-    recs, store = data.load_retrieval(data_dir, dataset, "train")
+    recs, store = readers.load_retrieval(data_dir, dataset, "train")
     vids = torch.stack([torch.as_tensor(record_clip(store, r)).mean(0) for r in recs])  # (N, 512)
     first = torch.tensor(np.cumsum([0] + [len(r["texts"]) for r in recs[:-1]]))  # (N,) first caption of video
     count = torch.tensor([len(r["texts"]) for r in recs])
@@ -914,12 +915,12 @@ def linear_floor(data_dir, tok, task="retrieval", dataset="youcook2", dim=256, s
         opt.step()
     with torch.no_grad():
         if task == "qa":
-            recs, store = data.load_mc(data_dir)
+            recs, store = readers.load_mc(data_dir)
             v = F.normalize(fv(torch.stack([torch.as_tensor(record_clip(store, r)).mean(0) for r in recs])), dim=-1)
             t = F.normalize(ft(_bag_of_words(tok, [c for r in recs for c in r["candidates"]])), dim=-1)
             scores = torch.einsum("nh,nkh->nk", v, t.view(len(recs), 5, -1))
             return {"acc": mc_accuracy(scores.numpy(), np.array([r["answer"] for r in recs]))}
-        recs, store = data.load_retrieval(data_dir, dataset, "test")
+        recs, store = readers.load_retrieval(data_dir, dataset, "test")
         v = F.normalize(fv(torch.stack([torch.as_tensor(record_clip(store, r)).mean(0) for r in recs])), dim=-1)
         t = F.normalize(ft(_bag_of_words(tok, [r["texts"][0] for r in recs])), dim=-1)
         return retrieval_metrics((t @ v.T).numpy())
@@ -940,9 +941,9 @@ def caption_roof(data_dir, tok):
     word-piece counts with the sum of the video's captions, leaving out the query's own string (for MC, every
     candidate's string). -> {"retrieval-msrvtt": retrieval metrics, "qa": {"acc"}}."""
     d = os.path.join(data_dir, "msrvtt")
-    _, sents = data.read_msrvtt_json(os.path.join(d, "MSRVTT_data.json"))
-    recs, _ = data.load_retrieval(data_dir, "msrvtt", "test")
-    mc, _ = data.load_mc(data_dir)
+    _, sents = readers.read_msrvtt_json(os.path.join(d, "MSRVTT_data.json"))
+    recs, _ = readers.load_retrieval(data_dir, "msrvtt", "test")
+    mc, _ = readers.load_mc(data_dir)
     all_caps = [c for r in recs for c in sents.get(r["video_id"], [])]
     idf = torch.log(len(all_caps) / (1.0 + (_bag_of_words(tok, all_caps) > 0).float().sum(0)))  # (V,)
 

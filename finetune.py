@@ -34,6 +34,7 @@ from checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_fine
                         load_state_checked, trained_tokenizer)
 from common import amp_setup, cli
 from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
+import readers
 from train import (RANGES, Objective, StopFlag, any_rank, ensure_world, exit_if_stopped, lr_at, make_optimizer,
                    optimizer_step, parse_config, setup_distributed, to_device, wrap_ddp)
 from vlm import TaskModel
@@ -73,7 +74,7 @@ class FinetuneConfig:
 
 
 def retrieval_examples(data_dir, dataset, tok, split):
-    recs, store = data.load_retrieval(data_dir, dataset, split)
+    recs, store = readers.load_retrieval(data_dir, dataset, split)
     out, trunc = [], 0
     for r in recs:
         ids, n = data.encode_texts(tok, r["texts"])
@@ -92,20 +93,20 @@ def window_examples(records, stride, size=32):
 
 
 def segmentation_examples(data_dir, split):
-    recs, store, num_classes = data.load_coin(data_dir, split)
+    recs, store, num_classes = readers.load_coin(data_dir, split)
     full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"]} for r in recs]
     return window_examples(full, stride=8), num_classes
 
 
 def localization_examples(data_dir, split):
-    recs, tasks, store = data.load_crosstask(data_dir, split)
+    recs, tasks, store = readers.load_crosstask(data_dir, split)
     full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"], "task": r["task"]}
             for r in recs]
     return window_examples(full, stride=16), tasks  # CrossTask windows: the test stride, half the windows
 
 
 def captioning_examples(data_dir, tok, split):
-    recs, store = data.load_captioning(data_dir, split)
+    recs, store = readers.load_captioning(data_dir, split)
     ids, trunc = data.encode_texts(tok, [r["text"] for r in recs], max_len=60)  # + BOS / [SEP] = 61
     return [{"video": evaluate.record_clip(store, r), "text": t} for r, t in zip(recs, ids)], trunc
 
@@ -455,7 +456,7 @@ def run_frames(cfg, task, dist_state, verbose=True):
     name = ("retrieval-msrvtt" if task == "retrieval" else "qa") + "-frames" + ("-scratch" if cfg.scratch else "")
     out, ctx, scaler, base, tok = start_run(cfg, name, rank, device)
     mc = base.config
-    recs, store = data.load_retrieval(cfg.data, "msrvtt", "train", videos=True)
+    recs, store = readers.load_retrieval(cfg.data, "msrvtt", "train", videos=True)
     exs = [{"video_id": r["video_id"], "texts": data.encode_texts(tok, r["texts"], mc.max_text_len - 2)[0]}
            for r in recs]
     model = TaskModel(base).to(device)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 import checkpoint
 import data
 import plots
+import video
 import vlm as vlm_module
 from common import amp_setup
 from evaluate import encode_text_ids
@@ -84,13 +85,13 @@ def read_video(path, kind, frames=None):
     Frames (frames = (T, S)): uint8 (T, 3, S, S), the middle frame of T equal segments of the whole file."""
     ext = os.path.splitext(path)[1].lower()
     if kind == "frames":  # .mp4 / .webm / ... through PyAV, or a world .npy of (n, S, S, 3) frames
-        return data.read_video(path, frames[0], frames[1])  # ValueError naming the file when unreadable
+        return video.read_video(path, frames[0], frames[1])  # ValueError naming the file when unreadable
     if kind == "features" and ext in FEATURE_EXTS:
         try:
             a = np.load(path, mmap_mode="r")
         except Exception as e:  # truncated / not an .npy
             raise ValueError(f"{path}: unreadable .npy ({type(e).__name__}: {e})") from None
-        return data._check_feat(a, path)
+        return video._check_feat(a, path)
     if kind == "features" and ext in FRAME_EXTS:
         raise SystemExit(f"{path}: this checkpoint is a features model (S3D .npy, (T, 512)); "
                          f"{ext} needs a frames model")

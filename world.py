@@ -1,10 +1,10 @@
 """The built-in synthetic "instructional video" world: no download needed to run every task.
 
 It stands in for HowTo100M (pre-training) and MSR-VTT, YouCook2, COIN and CrossTask (downstream), written in
-exactly the real file formats of docs/data_formats.md, quirks included, so the readers in data.py load it like the real
-releases. Run it with
+exactly the real file formats of docs/data_formats.md, quirks included, so the readers in readers.py load it like the
+real releases. Run it with
 
-    python data.py synth --out data/world --seed 0 --size default     # or: python world.py --out data/world
+    python world.py --out data/world --seed 0 --size default
 
 How the world works
 - Concepts: actions, objects, places and recipe styles. Each has a fixed random 512-d vector (actions and objects
@@ -39,6 +39,8 @@ import shutil
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from common import cli
 
 DIM = 512  # S3D feature size
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
@@ -703,6 +705,5 @@ if __name__ == "__main__":
     ap.add_argument("--video_pretrain", type=int, default=None, help="with --video: pre-training videos to draw "
                     "(default all)")
     args = ap.parse_args()
-    from common import cli
     cli(lambda: print(json.dumps(synth(args.out, args.seed, args.size, args.video, args.video_pretrain)["counts"])),
         errors=(FileExistsError,))

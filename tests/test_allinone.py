@@ -161,7 +161,7 @@ import os  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import data  # noqa: E402
+import video  # noqa: E402
 
 
 def write_clip(path, frames, fps, codec):
@@ -183,26 +183,26 @@ def test_read_video_round_trip_frames_size_and_values(tmp_path):
     frames[:, :, :8] = 255  # a white band at the left edge: the centre crop drops it
     path = str(tmp_path / "clip.mkv")
     write_clip(path, frames, fps, "mpeg4")
-    assert abs(data.video_duration(path) - 3.0) < 0.3
-    x = data.read_video(path, num_frames=3, size=32)  # middles of [0, 1), [1, 2), [2, 3) s: frames 2, 6, 10
+    assert abs(video.video_duration(path) - 3.0) < 0.3
+    x = video.read_video(path, num_frames=3, size=32)  # middles of [0, 1), [1, 2), [2, 3) s: frames 2, 6, 10
     assert x.shape == (3, 3, 32, 32) and x.dtype == torch.uint8
     means = x.float().mean((1, 2, 3))
     assert torch.allclose(means, torch.tensor([40.0, 120.0, 200.0]), atol=4), means  # within codec error
-    y = data.read_video(path, num_frames=2, size=32, start=1.0, end=2.0)  # times 1.25, 1.75: frames 5, 7
+    y = video.read_video(path, num_frames=2, size=32, start=1.0, end=2.0)  # times 1.25, 1.75: frames 5, 7
     assert torch.allclose(y.float().mean((1, 2, 3)), torch.tensor([100.0, 140.0]), atol=4)
     # training draws a random time per segment: always inside its segment
     rng = np.random.default_rng(0)
     for _ in range(5):
-        t = data.sample_times(0.0, 3.0, 3, True, rng)
+        t = video.sample_times(0.0, 3.0, 3, True, rng)
         assert all(k <= tk < k + 1 for k, tk in enumerate(t))
 
 
 def test_resize_crop_by_hand():
     a = np.arange(4 * 8 * 3, dtype=np.uint8).reshape(1, 4, 8, 3)  # short side already 4: crop columns 2..5
-    out = data.resize_crop(a, 4)
+    out = video.resize_crop(a, 4)
     assert out.shape == (1, 3, 4, 4) and torch.equal(out[0], torch.from_numpy(a[0, :, 2:6]).permute(2, 0, 1))
     flat = np.full((2, 30, 50, 3), 77, np.uint8)
-    assert torch.equal(data.resize_crop(flat, 10), torch.full((2, 3, 10, 10), 77, dtype=torch.uint8))
+    assert torch.equal(video.resize_crop(flat, 10), torch.full((2, 3, 10, 10), 77, dtype=torch.uint8))
 
 
 def test_bad_video_files_are_named(tmp_path, monkeypatch):
@@ -211,14 +211,14 @@ def test_bad_video_files_are_named(tmp_path, monkeypatch):
     empty.write_bytes(b"")
     for p in (bad, empty):
         with pytest.raises(ValueError, match=str(p)):
-            data.read_video(str(p))
+            video.read_video(str(p))
     arr = tmp_path / "frames.npy"
     np.save(arr, np.zeros((3, 8, 8), np.uint8))  # no colour axis
     with pytest.raises(ValueError, match="frames.npy"):
-        data.read_video(str(arr), size=8)
+        video.read_video(str(arr), size=8)
     monkeypatch.setitem(__import__("sys").modules, "av", None)  # PyAV missing: the message says how to install it
     with pytest.raises(ImportError, match="pip install av"):
-        data.read_video(str(bad))
+        video.read_video(str(bad))
 
 
 def test_vtm_pairs_mismatch_other_videos_only():
@@ -254,8 +254,8 @@ def test_world_video_keeps_the_features_and_draws_every_msrvtt_clip(video_world,
     summary = json.load(open(os.path.join(video_world, "world.json")))
     assert summary.pop("videos") == {"howto100m": 30, "msrvtt": 90}
     assert summary == json.load(open(os.path.join(tiny_world, "world.json")))
-    store = data.VideoStore(os.path.join(video_world, "msrvtt", "videos"))
-    feats = data.open_features(os.path.join(video_world, "msrvtt", "feats"))
+    store = video.VideoStore(os.path.join(video_world, "msrvtt", "videos"))
+    feats = video.open_features(os.path.join(video_world, "msrvtt", "feats"))
     assert store.ids == feats.ids and all(store.length(v) == feats.length(v) for v in store.ids[:5])
     w = world.World(np.random.default_rng([0, 0]), 4)
     segs, T = world.timeline(np.random.default_rng(1), w.tasks[0].steps[:2])

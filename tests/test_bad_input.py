@@ -22,7 +22,9 @@ import tokens
 import data
 import evaluate
 import finetune
+import readers
 import train
+import video
 import vlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,10 +66,10 @@ def test_truncated_caption_json_names_file_line_and_column(tiny_world, tmp_path)
     path = root / "howto100m" / "raw_caption.json"
     text = path.read_text()
     path.write_text(text[: len(text) // 2])
-    with pytest.raises(data.DataError, match=r"raw_caption.json: not valid JSON .* line 1 column \d+"):
-        data.read_captions(str(path))
+    with pytest.raises(readers.DataError, match=r"raw_caption.json: not valid JSON .* line 1 column \d+"):
+        readers.read_captions(str(path))
     path.write_text("\x00\x01 not json at all")
-    with pytest.raises(data.DataError, match="raw_caption.json: not valid JSON"):
+    with pytest.raises(readers.DataError, match="raw_caption.json: not valid JSON"):
         data.PretrainData(str(root), tokens.load_tokenizer(str(root)))
 
 
@@ -98,13 +100,13 @@ def test_mmpt_raw_caption_pkl_with_json_string_values(tiny_world, tmp_path):
     with open(root / "howto100m" / "raw_caption.pkl", "wb") as f:  # as MMPT's pipeline writes it
         pickle.dump({vid: json.dumps(c) for vid, c in caps.items()}, f)
     os.remove(js)
-    assert data.read_captions(str(root / "howto100m" / "raw_caption.pkl")) == caps
+    assert readers.read_captions(str(root / "howto100m" / "raw_caption.pkl")) == caps
     d = data.PretrainData(str(root), tokens.load_tokenizer(str(root)))
     assert d.num_videos > 0
     with open(root / "howto100m" / "raw_caption.pkl", "wb") as f:
         pickle.dump({"v0": "{not json"}, f)
-    with pytest.raises(data.DataError, match="raw_caption.pkl: video 'v0': value is a string but not JSON"):
-        data.read_captions(str(root / "howto100m" / "raw_caption.pkl"))
+    with pytest.raises(readers.DataError, match="raw_caption.pkl: video 'v0': value is a string but not JSON"):
+        readers.read_captions(str(root / "howto100m" / "raw_caption.pkl"))
 
 
 # ----------------------------------------------------------------------------- features
@@ -115,11 +117,11 @@ def test_npy_truncated_after_header_names_the_video(tiny_world, tmp_path):
     vid = sorted(f[:-4] for f in os.listdir(feats))[0]
     raw = (feats / f"{vid}.npy").read_bytes()
     (feats / f"{vid}.npy").write_bytes(raw[:128])  # the 128-byte header alone
-    with pytest.raises(data.DataError, match=f"{vid}.npy: cannot read features of video '{vid}'"):
-        data.open_features(str(feats)).length(vid)
-    with pytest.raises(data.DataError, match=f"video '{vid}'"):
+    with pytest.raises(readers.DataError, match=f"{vid}.npy: cannot read features of video '{vid}'"):
+        video.open_features(str(feats)).length(vid)
+    with pytest.raises(readers.DataError, match=f"video '{vid}'"):
         for split in ("train", "val", "test"):
-            data.load_retrieval(str(root), "youcook2", split)
+            readers.load_retrieval(str(root), "youcook2", split)
 
 
 @pytest.mark.parametrize("name", ["youcook2", "coin", "crosstask"])
@@ -132,11 +134,11 @@ def test_zero_second_feature_file_is_a_counted_skip(name, tiny_world, tmp_path, 
     recs = []
     for split in ("train", "val", "test"):
         if name == "youcook2":
-            recs += data.load_captioning(str(root), split)[0]
+            recs += readers.load_captioning(str(root), split)[0]
         elif name == "coin":
-            recs += data.load_coin(str(root), split)[0]
+            recs += readers.load_coin(str(root), split)[0]
         else:
-            recs += data.load_crosstask(str(root), split)[0]
+            recs += readers.load_crosstask(str(root), split)[0]
     out = capsys.readouterr().out
     assert f"1 videos with 0-second features, skipped (e.g. {vid})" in out
     assert vid not in {r["video_id"] for r in recs}
@@ -152,12 +154,12 @@ def test_jsfusion_short_row_is_an_error_empty_caption_a_counted_skip(tiny_world,
     lines = path.read_text().splitlines()
     key = lines[2].split(",")[0]
     path.write_text("\n".join(lines[:2] + [",".join(lines[2].split(",")[:3]) + ", "] + lines[3:]) + "\n")
-    recs, _ = data.load_retrieval(str(root), "msrvtt", "test")
+    recs, _ = readers.load_retrieval(str(root), "msrvtt", "test")
     assert len(recs) == len(lines) - 2 and all(r["texts"][0].strip() for r in recs)
     assert f"1 test rows with an empty sentence, skipped (e.g. {key})" in capsys.readouterr().out
     path.write_text("\n".join(lines[:3] + ["ret9,msr9"] + lines[3:]) + "\n")
-    with pytest.raises(data.DataError, match=r"MSRVTT_JSFUSION_test.csv: row 4: expected key,vid_key,video_id"):
-        data.load_retrieval(str(root), "msrvtt", "test")
+    with pytest.raises(readers.DataError, match=r"MSRVTT_JSFUSION_test.csv: row 4: expected key,vid_key,video_id"):
+        readers.load_retrieval(str(root), "msrvtt", "test")
 
 
 # ----------------------------------------------------------------------------- YouCook2 / COIN / CrossTask
@@ -167,15 +169,15 @@ def test_database_and_annotation_keys_are_named(tiny_world, tmp_path):
     shutil.copytree(os.path.join(tiny_world, "youcook2"), root / "youcook2")
     yc = root / "youcook2" / "youcookii_annotations_trainval.json"
     dump_json({"version": 1, "results": {}}, yc)
-    with pytest.raises(data.DataError, match="youcookii_annotations_trainval.json: expected a top-level key 'database'"):
-        data.load_captioning(str(root), "train")
+    with pytest.raises(readers.DataError, match="youcookii_annotations_trainval.json: expected a top-level key 'database'"):
+        readers.load_captioning(str(root), "train")
     coin = root / "coin" / "COIN.json"
     db = load_json(coin)
     vid = sorted(db["database"])[0]
     db["database"][vid]["annotations"] = db["database"][vid].pop("annotation")
     dump_json(db, coin)
-    with pytest.raises(data.DataError, match=f"COIN.json: video '{vid}': expected keys 'subset' and 'annotation'"):
-        data.load_coin(str(root), "train")
+    with pytest.raises(readers.DataError, match=f"COIN.json: video '{vid}': expected keys 'subset' and 'annotation'"):
+        readers.load_coin(str(root), "train")
 
 
 @pytest.mark.parametrize("bad", ["abc", "0", "-3"])
@@ -186,15 +188,15 @@ def test_coin_bad_step_id_names_file_video_and_id(bad, tiny_world, tmp_path):
     vid = sorted(db["database"])[1]
     db["database"][vid]["annotation"][0]["id"] = bad
     dump_json(db, coin)
-    with pytest.raises(data.DataError, match=f"COIN.json: video '{vid}': step id '{bad}' is not an integer >= 1"):
-        data.load_coin(str(root), "test")
+    with pytest.raises(readers.DataError, match=f"COIN.json: video '{vid}': step id '{bad}' is not an integer >= 1"):
+        readers.load_coin(str(root), "test")
 
 
 def test_stray_file_in_crosstask_annotations_is_ignored_with_a_count(tiny_world, tmp_path, capsys):
     root = copy(tiny_world, tmp_path, "crosstask")
     (root / "crosstask" / "annotations" / "README.txt").write_text("notes\n")
     (root / "crosstask" / "annotations" / ".DS_Store").write_bytes(b"\0\1")
-    recs, _, _ = data.load_crosstask(str(root), "test")
+    recs, _, _ = readers.load_crosstask(str(root), "test")
     assert recs
     assert "2 files in annotations/ not named <task>_<video>.csv, ignored (e.g. .DS_Store, README.txt)" in \
         capsys.readouterr().out

@@ -18,6 +18,7 @@ import tokens
 import data
 import evaluate
 import finetune
+import readers
 import train
 import vlm
 
@@ -83,7 +84,7 @@ def test_scratch_row_uses_the_same_architecture_with_new_weights(tiny_world, pre
 def test_retrieval_separate_passes_equal_joint_isolated_pass(tiny_world, pretrained):
     model = checkpoint.load_model(pretrained).eval()
     tok = tokens.load_tokenizer(pretrained)
-    recs, store = data.load_retrieval(tiny_world, "msrvtt", "test")
+    recs, store = readers.load_retrieval(tiny_world, "msrvtt", "test")
     recs = recs[:12]
     clips = [evaluate.record_clip(store, r) for r in recs]
     ids, _ = data.encode_texts(tok, [r["texts"][0] for r in recs])

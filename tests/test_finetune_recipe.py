@@ -81,7 +81,7 @@ def test_temperature_flag_gives_cosine_logits_and_zero_keeps_the_papers_dot_prod
 
 
 def test_a_cosine_trained_model_is_ranked_by_cosine(tiny_world):
-    import data
+    import readers
     torch.manual_seed(0)
     tok = tokens.load_tokenizer(tiny_world)
     ids = {f"{k}_token_id": v for k, v in tokens.special_ids(tok).items()}
@@ -89,7 +89,7 @@ def test_a_cosine_trained_model_is_ranked_by_cosine(tiny_world):
         vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=64, **ids))).eval()
     model.cosine = True
-    recs, store = data.load_retrieval(tiny_world, "msrvtt", "test")
+    recs, store = readers.load_retrieval(tiny_world, "msrvtt", "test")
     with torch.no_grad():
         v = torch.cat([model.vlm.encode_video(torch.as_tensor(evaluate.record_clip(store, r))[None],
                                               torch.ones(1, len(evaluate.record_clip(store, r)), dtype=torch.bool))

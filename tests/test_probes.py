@@ -14,6 +14,7 @@ import torch
 import tokens
 import data
 import evaluate
+import readers
 import vlm as vlm_module
 from vlm import TEXT_START
 
@@ -36,7 +37,7 @@ def test_concept_words_name_things_on_screen_not_template_words():
 
 def test_masked_word_log_probs_equal_a_one_at_a_time_loop(tiny_model, tiny_world):
     model, tok = tiny_model
-    recs, store = data.load_retrieval(tiny_world, "msrvtt", "test")
+    recs, store = readers.load_retrieval(tiny_world, "msrvtt", "test")
     recs = recs[:6]
     clips = [evaluate.record_clip(store, r) for r in recs]
     ids = data.encode_texts(tok, [r["texts"][0] for r in recs])[0]
@@ -57,7 +58,7 @@ def test_masked_word_log_probs_equal_a_one_at_a_time_loop(tiny_model, tiny_world
 
 def test_mc_pseudo_likelihood_equals_a_loop(tiny_model, tiny_world):
     model, tok = tiny_model
-    recs, store = data.load_mc(tiny_world)
+    recs, store = readers.load_mc(tiny_world)
     recs = recs[:4]
     scores = np.zeros((4, 5))
     for q, r in enumerate(recs):
@@ -80,7 +81,7 @@ def test_grounding_probes_print_every_probe_beside_its_chance(tiny_model, tiny_w
     model, tok = tiny_model
     out = evaluate.grounding_probes(model, tiny_world, tok, n_words=20, n_mc=10)
     text = capsys.readouterr().out
-    n = len(data.load_retrieval(tiny_world, "msrvtt", "test")[0])
+    n = len(readers.load_retrieval(tiny_world, "msrvtt", "test")[0])
     assert out["msrvtt retrieval R@1 / R@10"]["chance"] == pytest.approx(100.0 / n)
     assert out["MC QA by log p(answer | video), 10 questions"]["chance"] == 20.0
     for name in ("concept words", "template words", "MC QA", "retrieval", "localization recall"):
@@ -102,8 +103,8 @@ def test_even_steps_recall_hand():
 def test_caption_roof_equals_an_independent_tfidf(tiny_world):
     tok = tokens.load_tokenizer(tiny_world)
     got = evaluate.caption_roof(tiny_world, tok)
-    _, sents = data.read_msrvtt_json(f"{tiny_world}/msrvtt/MSRVTT_data.json")
-    recs, _ = data.load_retrieval(tiny_world, "msrvtt", "test")
+    _, sents = readers.read_msrvtt_json(f"{tiny_world}/msrvtt/MSRVTT_data.json")
+    recs, _ = readers.load_retrieval(tiny_world, "msrvtt", "test")
     words = lambda s: Counter(tok.encode(s, add_special_tokens=False).ids)
     all_caps = [c for r in recs for c in sents[r["video_id"]]]
     df = Counter(w for c in all_caps for w in set(words(c)))
@@ -131,7 +132,7 @@ def test_caption_roof_equals_an_independent_tfidf(tiny_world):
 
 def test_linear_floor_learns_on_the_tiny_world(tiny_world):
     tok = tokens.load_tokenizer(tiny_world)
-    n = len(data.load_retrieval(tiny_world, "msrvtt", "test")[0])
+    n = len(readers.load_retrieval(tiny_world, "msrvtt", "test")[0])
     m = evaluate.linear_floor(tiny_world, tok, "retrieval", "msrvtt", steps=60)
     assert m["R10"] > 2 * 1000.0 / n  # R@10 chance is 20% on 50 test videos
     assert evaluate.linear_floor(tiny_world, tok, "retrieval", "msrvtt", steps=60) == m  # seeded

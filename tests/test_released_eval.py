@@ -14,6 +14,7 @@ import tokens
 import data
 import evaluate
 from evaluate import dp_align, frame_outputs, localization_recall, step_log_probs, window_average, windows
+import readers
 
 
 def test_windows_start_every_stride_and_the_last_is_shorter():
@@ -90,7 +91,7 @@ def test_crosstask_segment_starting_past_the_features_is_empty(tmp_path, capsys)
         np.save(str(d / "feats" / f"{v}.npy"), np.ones((20, 512), np.float16) / np.sqrt(512))
         # step 1 inside; step 2 starts inside (19.5 s) and runs past T = 20; step 3 starts past T
         _write(str(d / "annotations" / f"7_{v}.csv"), "1,1.5,3.2\n2,19.5,30.0\n3,22.0,25.0\n")
-    recs = data.load_crosstask(str(tmp_path), "train", n_train=1)[0]
+    recs = readers.load_crosstask(str(tmp_path), "train", n_train=1)[0]
     y = recs[0]["labels"]
     assert np.flatnonzero(y[:, 0]).tolist() == [1, 2, 3]
     assert np.flatnonzero(y[:, 1]).tolist() == [19]  # clipped at the end
@@ -109,7 +110,7 @@ def test_zero_shot_localization_equals_a_loop_over_released_windows(tiny_world):
                                                 num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                                 **ids)).eval()
     got = evaluate.run_task("localization", model, tiny_world, "test", tok)["recall"]
-    recs, tasks, store = data.load_crosstask(tiny_world, "test")
+    recs, tasks, store = readers.load_crosstask(tiny_world, "test")
     out = []
     with torch.no_grad():
         for r in recs:

@@ -22,6 +22,7 @@ import evaluate
 import masking
 import plots
 import use
+import video
 import vlm
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -153,7 +154,7 @@ def test_embed_then_search_reuses_the_embeddings(tiny_world, model_dir, tmp_path
     (ids, v), _ = run(capsys, "embed", "--ckpt", model_dir, "--videos", feats, "--out", emb, "--batch_size", "7")
     assert open(os.path.join(emb, "ids.txt")).read().split() == ids == sorted(f[:-4] for f in os.listdir(feats))
     m = vlm.VLM.load(model_dir).eval()
-    store = data.open_features(feats)
+    store = video.open_features(feats)
     ref = evaluate.encode_videos(m, [data.clip_features(store[i], None, None) for i in ids], "cpu",
                                  torch.autocast("cpu", enabled=False))
     assert torch.allclose(torch.from_numpy(np.load(os.path.join(emb, "embeddings.npy"))), ref, atol=1e-5)
