@@ -12,7 +12,8 @@ import torch
 
 import data
 import evaluate
-from evaluate import dp_align, frame_outputs, localization_recall, step_log_probs, window_average, windows
+from evaluate import frame_outputs
+from metrics import dp_align, localization_recall, step_log_probs, window_average, windows
 
 
 def test_windows_start_every_stride_and_the_last_is_shorter():
