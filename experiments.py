@@ -38,7 +38,9 @@ from train import StopFlag, amp_setup, load_trained, trained_tokenizer
 
 
 def baselines(data_dir, tok):
-    """Chance and trivial baselines on the test splits, computed the same way as the model's numbers."""
+    """Chance and trivial baselines on the test splits, computed the same way as the model's numbers: chance
+    ranks for retrieval, 1 in 5 for QA, all background for COIN, evenly spaced steps for CrossTask, and the
+    most frequent training caption for every clip for captioning."""
     out = {}
     for ds in ("msrvtt", "youcook2"):
         recs, _ = data.load_retrieval(data_dir, ds, "test")
@@ -62,8 +64,7 @@ def baselines(data_dir, tok):
     return out
 
 
-# -----------------------------------------------------------------------------------------------------------
-# yardsticks computed on the same splits: a linear floor below the transformer, a roof above it
+# a linear floor below the transformer and a roof above it, on the same splits (docs/log.md, "Yardsticks")
 
 
 def _bag_of_words(tok, texts):
@@ -154,13 +155,15 @@ def caption_roof(data_dir, tok):
 
 
 def results_table(results):
-    """The paper's Tables 2-7 layout in Markdown: baselines, zero-shot, from scratch, VLM, and the paper."""
-    def f(x, k):
+    """The paper's Tables 2-7 layout in Markdown: baselines, zero-shot, from scratch, VLM, and the paper.
+    results: {row key: {table key: metrics}}, as run_all / run_frames_all write them (plus "<row>_std", "seeds")."""
+    def f(x, k):  # one cell: CIDEr to 4 places, MedR to 1, percentages to 2; "-" when missing
         if x is None or x.get(k) is None:
             return "-"
         v = x[k]
         return f"{v:.4f}" if k == "CIDEr" else (f"{v:.1f}" if k == "MedR" else f"{v:.2f}")
 
+    # (label, row key) top to bottom; then one section per task: (title, table key, columns)
     rows = [("chance / trivial baseline", "baselines"), ("linear floor (mean-pooled features, bag of words)", "floor"),
             ("roof (each test video described by its other captions)", "roof"),
             ("zero-shot (pre-trained, no fine-tuning)", "zero_shot"),
@@ -174,7 +177,7 @@ def results_table(results):
                 ("Multiple-choice QA, MSR-VTT-MC-like (Table 6): accuracy", "qa", ["acc"]),
                 ("Captioning, YouCook2-like (Table 7)", "captioning",
                  ["BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"])]
-    src = dict(results, paper=PAPER)
+    src = dict(results, paper=PAPER)  # the paper's numbers are one more row
     lines = ["Measured on the built-in synthetic world, NOT on the real datasets; the paper's rows are the real-data "
              "numbers of Xu et al. 2021, for orientation only.", ""]
     if results.get("seeds"):
@@ -202,54 +205,39 @@ def results_table(results):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# the --task all driver: every task, both rows, zero-shot and yardsticks, then the table
+# every task at once (`python experiments.py`): both rows, zero-shot and yardsticks, then the table
+
+# (task, dataset) of each fine-tuning run, in the order they run; retrieval is one run per dataset
+JOBS = [("retrieval", "msrvtt"), ("retrieval", "youcook2"), ("qa", "msrvtt"), ("segmentation", None),
+        ("localization", None), ("captioning", None)]
 
 
 def run_all(cfg, dist_state):
-    """Every task fine-tuned from the pre-trained model and from scratch, the zero-shot rows, the trivial
-    baselines, then one results table (OUT/results.md and OUT/results.json)."""
-    jobs = [("retrieval", "msrvtt"), ("retrieval", "youcook2"), ("qa", "msrvtt"), ("segmentation", None),
-            ("localization", None), ("captioning", None)]
+    """Every task fine-tuned from the pre-trained model and from scratch (finetune.run, once per seed), the
+    zero-shot rows and the yardsticks, then one results table (OUT/results.md and OUT/results.json)."""
     results = {"pretrained": {}, "scratch": {}}
     t0 = time.time()
     seeds = [int(x) for x in cfg.seeds.split(",") if x.strip()] or [cfg.seed]
     for row, scratch in (("pretrained", False), ("scratch", True)):
-        runs = {}
+        runs = {}  # table key -> [metrics of each seed]
         for seed in seeds:
             out = os.path.join(cfg.out, f"seed{seed}") if len(seeds) > 1 else cfg.out
             c = dataclasses.replace(cfg, scratch=scratch, seed=seed, out=out)
-            for task, ds in jobs:
+            for task, ds in JOBS:
                 key = f"retrieval-{ds}" if task == "retrieval" else task
                 runs.setdefault(key, []).append(finetune.run(c, task, dist_state, dataset=ds))
                 if StopFlag().stop:  # Ctrl-C / SIGTERM: no further task, and no table that looks complete
                     results[row] = {k: v[-1] for k, v in runs.items()}
-                    keys = [(r, f"retrieval-{d}" if t == "retrieval" else t) for r in ("pretrained", "scratch")
-                            for t, d in jobs]
-                    done = [f"{r}/{k}" for r, k in keys if results[r].get(k) is not None]
-                    missing = [f"{r}/{k}" for r, k in keys if results[r].get(k) is None]
                     if dist_state[1] == 0:
-                        print(f"stopped: results.md / results.json not written; done: {', '.join(done) or 'none'}; "
-                              f"missing: {', '.join(missing)}. Rerun with --resume to go on.")
+                        _say_stopped(results)
                     return None
         if dist_state[1] == 0:
             results[row], spread = seed_mean(runs)
             if len(seeds) > 1:
                 results[row + "_std"], results["seeds"] = spread, seeds
-    if dist_state[1] != 0:
+    if dist_state[1] != 0:  # other DDP ranks: the table is rank 0's
         return None
-    device = dist_state[3]
-    _, ctx, _ = amp_setup(cfg.dtype, device)
-    model = load_trained(cfg.init).to(device).eval()
-    tok = trained_tokenizer(cfg.init, cfg.data, model.config)
-    results["zero_shot"] = {  # paper Table 5, first VLM row: straight from pre-training
-        "retrieval-msrvtt": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "msrvtt", device, ctx),
-        "retrieval-youcook2": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "youcook2", device, ctx),
-        "localization": evaluate.run_task("localization", model, cfg.data, "test", tok, device=device, ctx=ctx)}
-    results["baselines"] = baselines(cfg.data, tok)
-    results["floor"] = {key: linear_floor(cfg.data, tok, task, ds or "youcook2", seed=cfg.seed)
-                        for task, ds, key in [("retrieval", "msrvtt", "retrieval-msrvtt"),
-                                              ("retrieval", "youcook2", "retrieval-youcook2"), ("qa", None, "qa")]}
-    results["roof"] = caption_roof(cfg.data, tok)
+    results.update(reference_rows(cfg, dist_state[3]))
     aio = os.path.join(cfg.out, "allinone.json")
     if os.path.exists(aio):  # the frames model's rows (run_frames_all), beside VLM's on the same test sets
         with open(aio) as f:
@@ -263,6 +251,33 @@ def run_all(cfg, dist_state):
         json.dump(results, f, indent=1)
     print(f"results: {os.path.join(cfg.out, 'results.md')} and results.json ({results['seconds']:.0f}s)")
     return results
+
+
+def _say_stopped(results):
+    """After a stop: which (row, task) runs finished and which are missing (--resume goes on)."""
+    keys = [(r, f"retrieval-{d}" if t == "retrieval" else t) for r in ("pretrained", "scratch") for t, d in JOBS]
+    done = [f"{r}/{k}" for r, k in keys if results[r].get(k) is not None]
+    missing = [f"{r}/{k}" for r, k in keys if results[r].get(k) is None]
+    print(f"stopped: results.md / results.json not written; done: {', '.join(done) or 'none'}; "
+          f"missing: {', '.join(missing)}. Rerun with --resume to go on.")
+
+
+def reference_rows(cfg, device):
+    """The rows that need no fine-tuning: zero-shot from the pre-trained model (paper Table 5, first VLM row;
+    retrieval too), the chance / trivial baselines, the linear floor and the caption roof."""
+    _, ctx, _ = amp_setup(cfg.dtype, device)
+    model = load_trained(cfg.init).to(device).eval()
+    tok = trained_tokenizer(cfg.init, cfg.data, model.config)
+    rows = {"zero_shot": {  # straight from pre-training
+        "retrieval-msrvtt": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "msrvtt", device, ctx),
+        "retrieval-youcook2": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "youcook2", device, ctx),
+        "localization": evaluate.run_task("localization", model, cfg.data, "test", tok, device=device, ctx=ctx)}}
+    rows["baselines"] = baselines(cfg.data, tok)
+    rows["floor"] = {key: linear_floor(cfg.data, tok, task, ds or "youcook2", seed=cfg.seed)
+                     for task, ds, key in [("retrieval", "msrvtt", "retrieval-msrvtt"),
+                                           ("retrieval", "youcook2", "retrieval-youcook2"), ("qa", None, "qa")]}
+    rows["roof"] = caption_roof(cfg.data, tok)
+    return rows
 
 
 def seed_mean(runs):
