@@ -9,13 +9,13 @@ attention masks:
   captioning    (sec. 4.5)  captioning mask; right-shifted text; BERT's LM head; next-token CE
 
   python finetune.py --task retrieval --init out/pretrain/model --data data/world --out out/ft
-  python finetune.py --task all          # every task, pre-trained and from scratch, then the results table
   torchrun --standalone --nproc_per_node=2 finetune.py --task retrieval
-  python finetune.py --task all --init out/allinone/model --data data/world_video   # All-in-One from frames
+  python finetune.py --task qa --init out/allinone/model --data data/world_video    # All-in-One from frames
 
 Optimisation as sec. 5.2 (Adam (0.9, 0.98), linear warm-up of 122 steps then linear decay, clip 2.0), the
 DDP / AMP / checkpoint machinery of train.py, and model selection on the validation split (never on test):
 the best epoch on validation is kept in OUT/<task>/best.pt and then evaluated once on test by evaluate.py.
+Every task at once, both rows and the results table: python experiments.py.
 """
 import dataclasses
 import json
@@ -42,11 +42,13 @@ from vlm import TaskModel
 TASKS = ("retrieval", "qa", "segmentation", "localization", "captioning")
 # default passes over each task's training set on the built-in world (--epochs overrides)
 EPOCHS = {"retrieval": 8, "qa": 8, "segmentation": 6, "localization": 4, "captioning": 8}
+# the flags' ranges (finetune.py and experiments.py); here --epochs 0 = the task's default
+FINETUNE_RANGES = {**RANGES, "epochs": (0, None), "temperature": (0, None), "scratch_word_init": (0, None)}
 
 
 @dataclass
 class FinetuneConfig:
-    task: str = "retrieval"  # retrieval | qa | segmentation | localization | captioning | all
+    task: str = "retrieval"  # retrieval | qa | segmentation | localization | captioning
     dataset: str = "youcook2"  # retrieval data: youcook2 | msrvtt (qa always uses msrvtt)
     init: str = "out/pretrain/model"  # pre-trained model (directory or ckpt.pt)
     scratch: bool = False  # ignore the pre-trained weights: same architecture, random init (the no-pre-training row)
@@ -64,7 +66,7 @@ class FinetuneConfig:
     compile: bool = False  # torch.compile the model (GPU)
     resume: bool = False  # continue from OUT/<run>/ckpt.pt (written at every epoch end)
     seed: int = 0  # random seed
-    seeds: str = ""  # --task all: comma-separated fine-tuning seeds (e.g. 0,1,2); the table shows mean +- std over them
+    seeds: str = ""  # experiments.py: comma-separated fine-tuning seeds (e.g. 0,1,2); the table shows mean +- std over them
     synth_size: str = "default"  # size of the built-in world built if --data is missing
     model: str = "auto"  # auto (the kind the --init checkpoint records) | vlm | allinone (raw frames)
 
@@ -351,81 +353,6 @@ def save_inside_epoch(model, optimizer, epoch, next_batch, best, step, rng, ckpt
                      "next_batch": next_batch, "best": best, "step": step, "rng": states}, ckpt_path)
 
 
-def run_all(cfg, dist_state):
-    """Every task fine-tuned from the pre-trained model and from scratch, the zero-shot rows, the trivial
-    baselines, then one results table (OUT/results.md and OUT/results.json)."""
-    jobs = [("retrieval", "msrvtt"), ("retrieval", "youcook2"), ("qa", "msrvtt"), ("segmentation", None),
-            ("localization", None), ("captioning", None)]
-    results = {"pretrained": {}, "scratch": {}}
-    t0 = time.time()
-    seeds = [int(x) for x in cfg.seeds.split(",") if x.strip()] or [cfg.seed]
-    for row, scratch in (("pretrained", False), ("scratch", True)):
-        runs = {}
-        for seed in seeds:
-            out = os.path.join(cfg.out, f"seed{seed}") if len(seeds) > 1 else cfg.out
-            c = dataclasses.replace(cfg, scratch=scratch, seed=seed, out=out)
-            for task, ds in jobs:
-                key = f"retrieval-{ds}" if task == "retrieval" else task
-                runs.setdefault(key, []).append(run(c, task, dist_state, dataset=ds))
-                if StopFlag().stop:  # Ctrl-C / SIGTERM: no further task, and no table that looks complete
-                    results[row] = {k: v[-1] for k, v in runs.items()}
-                    keys = [(r, f"retrieval-{d}" if t == "retrieval" else t) for r in ("pretrained", "scratch")
-                            for t, d in jobs]
-                    done = [f"{r}/{k}" for r, k in keys if results[r].get(k) is not None]
-                    missing = [f"{r}/{k}" for r, k in keys if results[r].get(k) is None]
-                    if dist_state[1] == 0:
-                        print(f"stopped: results.md / results.json not written; done: {', '.join(done) or 'none'}; "
-                              f"missing: {', '.join(missing)}. Rerun with --resume to go on.")
-                    return None
-        if dist_state[1] == 0:
-            results[row], spread = seed_mean(runs)
-            if len(seeds) > 1:
-                results[row + "_std"], results["seeds"] = spread, seeds
-    if dist_state[1] != 0:
-        return None
-    device = dist_state[3]
-    _, ctx, _ = amp_setup(cfg.dtype, device)
-    model = load_model(cfg.init).to(device).eval()
-    tok = trained_tokenizer(cfg.init, cfg.data, model.config)
-    results["zero_shot"] = {  # paper Table 5, first VLM row: straight from pre-training
-        "retrieval-msrvtt": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "msrvtt", device, ctx),
-        "retrieval-youcook2": evaluate.run_task("retrieval", model, cfg.data, "test", tok, "youcook2", device, ctx),
-        "localization": evaluate.run_task("localization", model, cfg.data, "test", tok, device=device, ctx=ctx)}
-    results["baselines"] = evaluate.baselines(cfg.data, tok)
-    results["floor"] = {key: evaluate.linear_floor(cfg.data, tok, task, ds or "youcook2", seed=cfg.seed)
-                        for task, ds, key in [("retrieval", "msrvtt", "retrieval-msrvtt"),
-                                              ("retrieval", "youcook2", "retrieval-youcook2"), ("qa", None, "qa")]}
-    results["roof"] = evaluate.caption_roof(cfg.data, tok)
-    aio = os.path.join(cfg.out, "allinone.json")
-    if os.path.exists(aio):  # the frames model's rows (run_frames_all), beside VLM's on the same test sets
-        with open(aio) as f:
-            results.update(json.load(f))
-    results["seconds"] = time.time() - t0
-    table = evaluate.results_table(results)
-    print(table)
-    with open(os.path.join(cfg.out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(cfg.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"results: {os.path.join(cfg.out, 'results.md')} and results.json ({results['seconds']:.0f}s)")
-    return results
-
-
-def seed_mean(runs):
-    """{task: [metrics of each seed]} -> ({task: mean metrics}, {task: standard deviation over seeds})."""
-    mean, std = {}, {}
-    for key, ms in runs.items():
-        ms = [m for m in ms if m]  # None: a run stopped early (--resume goes on)
-        if not ms:
-            mean[key] = std[key] = None
-            continue
-        ks = [k for k, v in ms[0].items() if isinstance(v, (int, float))]
-        mean[key] = {k: float(np.mean([m[k] for m in ms])) for k in ks}
-        mean[key].update({k: v for k, v in ms[0].items() if k not in ks})  # non-numbers: the first seed's
-        std[key] = {k: float(np.std([m[k] for m in ms], ddof=1)) if len(ms) > 1 else 0.0 for k in ks}
-    return mean, std
-
-
 # -----------------------------------------------------------------------------------------------------------
 # All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval and multiple-choice QA
 
@@ -511,35 +438,6 @@ def run_frames(cfg, task, dist_state, verbose=True):
     return result
 
 
-def run_frames_all(cfg, dist_state):
-    """Retrieval and QA from frames, pre-trained and from scratch -> OUT/allinone.json; the results table
-    (OUT/results.md) is rewritten with these rows beside VLM's when OUT/results.json exists."""
-    t0, res = time.time(), {"allinone": {}, "allinone_scratch": {}}
-    for row, scratch in (("allinone", False), ("allinone_scratch", True)):
-        for task in ("retrieval", "qa"):
-            key = "retrieval-msrvtt" if task == "retrieval" else task
-            res[row][key] = run_frames(dataclasses.replace(cfg, scratch=scratch), task, dist_state)
-            if StopFlag().stop:  # no further run, and no table that looks complete
-                print("stopped: allinone.json / results.md not written")
-                return None
-    if dist_state[1] != 0:
-        return None
-    res["allinone_seconds"] = time.time() - t0
-    with open(os.path.join(cfg.out, "allinone.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    path = os.path.join(cfg.out, "results.json")
-    merged = dict(res)
-    if os.path.exists(path):
-        with open(path) as f:
-            merged = {**json.load(f), **res}
-    table = evaluate.results_table(merged)
-    print(table)
-    with open(os.path.join(cfg.out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    print(f"All-in-One rows: {os.path.join(cfg.out, 'allinone.json')} ({res['allinone_seconds']:.0f}s)")
-    return res
-
-
 def checkpoint_kind(path):
     """'allinone' or 'vlm': the model kind a checkpoint's config records."""
     cfg = os.path.join(path, "config.json") if os.path.isdir(path) else None
@@ -554,23 +452,20 @@ def checkpoint_kind(path):
 
 
 def main(argv=None):
-    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0],
-                       ranges={**RANGES, "epochs": (0, None), "temperature": (0, None),
-                               "scratch_word_init": (0, None)})  # here --epochs 0 = the task's default
-    if cfg.seeds and not all(x.strip().isdigit() for x in cfg.seeds.split(",")):
-        raise SystemExit(f"--seeds {cfg.seeds!r}: give comma-separated non-negative integers, e.g. 0,1,2")
-    if cfg.task not in TASKS + ("all",):
-        raise SystemExit(f"--task {cfg.task!r}: choose one of {', '.join(TASKS + ('all',))}")
+    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0], ranges=FINETUNE_RANGES)
+    if cfg.task not in TASKS:
+        raise SystemExit(f"--task {cfg.task!r}: choose one of {', '.join(TASKS)}"
+                         + (" (every task: python experiments.py)" if cfg.task == "all" else ""))
     StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
     dist_state = setup_distributed()
     kind = checkpoint_kind(cfg.init) if cfg.model == "auto" else cfg.model
     ensure_world(cfg.data, cfg.synth_size, cfg.seed, dist_state[1] == 0, dist_state[0], video=kind == "allinone")
     if kind == "allinone":  # raw frames: MSR-VTT-like retrieval and multiple-choice QA
-        if cfg.task not in ("retrieval", "qa", "all"):
-            raise SystemExit(f"--task {cfg.task}: the frames model (allinone) fine-tunes retrieval, qa or all")
-        result = run_frames_all(cfg, dist_state) if cfg.task == "all" else run_frames(cfg, cfg.task, dist_state)
+        if cfg.task not in ("retrieval", "qa"):
+            raise SystemExit(f"--task {cfg.task}: the frames model (allinone) fine-tunes retrieval or qa")
+        result = run_frames(cfg, cfg.task, dist_state)
     else:
-        result = run_all(cfg, dist_state) if cfg.task == "all" else run(cfg, cfg.task, dist_state)
+        result = run(cfg, cfg.task, dist_state)
     exit_if_stopped()
     return result
 

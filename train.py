@@ -33,7 +33,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import allinone
-import evaluate
+import probes
 import vlm
 import world
 from checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model, load_state_checked,
@@ -92,7 +92,7 @@ class TrainConfig:
     seed: int = 0  # random seed (offset by rank for dropout; data order is shared and sharded)
     max_bad_steps: int = 8  # stop after this many non-finite steps in a row
     cache_dir: str = ""  # derived files (the token cache); empty = OUT/cache. Nothing is written into --data
-    probe: bool = True  # print the zero-shot grounding probes at the end (evaluate.grounding_probes; --model vlm)
+    probe: bool = True  # print the zero-shot grounding probes at the end (probes.grounding_probes; --model vlm)
 
 
 PRESETS = {
@@ -216,7 +216,7 @@ class Objective(nn.Module):
 
 class StopFlag:
     """SIGTERM / Ctrl-C set one process-wide flag (every StopFlag() is the same object, so a later run in the same
-    process, as in finetune.py --task all, still sees it); the loops save a checkpoint and stop at the next step.
+    process, as in experiments.py, still sees it); the loops save a checkpoint and stop at the next step.
     A second Ctrl-C raises KeyboardInterrupt at once."""
     _instance = None
 
@@ -544,10 +544,10 @@ def main(argv=None):
         save_model_dir(raw_model, model_dir, tokenizer=tok)
         if step >= total:
             print(f"done: {step} steps, {n_skipped} skipped. checkpoint {ckpt_path}, model {model_dir}")
-            print(f"next: python finetune.py --task all --init {model_dir} --data {cfg.data}")
+            print(f"next: python experiments.py --init {model_dir} --data {cfg.data}")
             if cfg.probe and not frames:  # does pre-training link words to video? (README, "Grounding probes")
                 raw_model.eval()
-                evaluate.grounding_probes(raw_model, cfg.data, tok, device, ctx)
+                probes.grounding_probes(raw_model, cfg.data, tok, device, ctx)
     if ddp:
         dist.barrier()
         dist.destroy_process_group()

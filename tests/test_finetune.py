@@ -19,6 +19,7 @@ import data
 import evaluate
 import finetune
 import readers
+import probes
 import train
 import vlm
 
@@ -142,12 +143,12 @@ def test_evaluate_command_line(tiny_world, pretrained, tmp_path, capsys):
 
 def test_video_collapse_diagnostic_sees_a_shared_direction(tiny_world, pretrained):
     model = checkpoint.load_model(pretrained).eval()
-    before = evaluate.video_collapse(model, tiny_world)
+    before = probes.video_collapse(model, tiny_world)
     with torch.no_grad():  # add one large direction to every video token: the collapse the README describes
         # a random direction (a constant one would be removed by the embedding LayerNorm's centring)
         direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
         model.video_mlp.fc2.bias.add_(50.0 * direction)
-    after = evaluate.video_collapse(model, tiny_world)
+    after = probes.video_collapse(model, tiny_world)
     assert after["mlp_mean_norm"] > 10 * before["mlp_mean_norm"]
     assert after["mlp_token_norm"] == pytest.approx(before["mlp_token_norm"], rel=1e-4)
     assert after["state_spread_in_clip"] < 0.5 * before["state_spread_in_clip"]

@@ -10,7 +10,9 @@ import torch
 
 import tokens
 import evaluate
+import experiments
 import finetune
+import metrics
 import vlm as vlm_module
 
 
@@ -44,10 +46,10 @@ def test_scratch_row_word_embeddings_start_at_the_pre_training_scale(tiny_world,
 
 def test_seed_mean_and_the_table_show_mean_and_spread():
     runs = {"qa": [{"acc": 30.0}, {"acc": 34.0}, {"acc": 38.0}], "retrieval-msrvtt": [None, {"R1": 5.0}]}
-    mean, std = finetune.seed_mean(runs)
+    mean, std = experiments.seed_mean(runs)
     assert mean["qa"] == {"acc": 34.0} and std["qa"]["acc"] == pytest.approx(4.0)  # sample std of 30, 34, 38
     assert mean["retrieval-msrvtt"] == {"R1": 5.0} and std["retrieval-msrvtt"] == {"R1": 0.0}
-    table = evaluate.results_table({"scratch": mean, "scratch_std": std, "seeds": [0, 1, 2]})
+    table = experiments.results_table({"scratch": mean, "scratch_std": std, "seeds": [0, 1, 2]})
     assert "| from scratch (no pre-training) | 34.00 +- 4.00 |" in table
     assert "seeds [0, 1, 2]" in table
 
@@ -98,12 +100,12 @@ def test_a_cosine_trained_model_is_ranked_by_cosine(tiny_world):
         t = torch.cat([model.vlm.encode_text(x, torch.ones_like(x, dtype=torch.bool)) for x in tt])
     cos = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(v, dim=-1).T
     got = evaluate.run_task("retrieval", model, tiny_world, "test", tok, dataset="msrvtt")
-    assert got == pytest.approx(evaluate.retrieval_metrics(cos.numpy()))
+    assert got == pytest.approx(metrics.retrieval_metrics(cos.numpy()))
 
 
 def test_bad_recipe_flags_are_refused(capsys):
     with pytest.raises(SystemExit, match="--seeds '0,x'"):
-        finetune.main(["--task", "all", "--seeds", "0,x"])
+        experiments.main(["--seeds", "0,x"])
     with pytest.raises(SystemExit):
         finetune.main(["--task", "qa", "--temperature", "-1"])
     assert "--temperature must be a number >= 0" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """
-Interrupts and first multi-process runs: SIGTERM in `finetune.py --task all` stops within one step, saves,
+Interrupts and first multi-process runs: SIGTERM in `experiments.py` stops within one step, saves,
 exits non-zero and writes no results table; a fine-tuning stopped inside an epoch resumes to the same weights;
 two torchrun agents ("two nodes" on one filesystem) on a fresh run build the world and the token cache once.
 
@@ -34,7 +34,7 @@ def pretrained(tiny_world, tmp_path_factory):
 
 def test_sigterm_in_finetune_all_stops_saves_and_writes_no_table(pretrained, tiny_world, tmp_path):
     out = tmp_path / "ft"
-    cmd = [sys.executable, os.path.join(ROOT, "finetune.py"), "--task", "all", "--init", pretrained, "--data",
+    cmd = [sys.executable, os.path.join(ROOT, "experiments.py"), "--init", pretrained, "--data",
            tiny_world, "--out", str(out), "--batch_size", "2", "--epochs", "50"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = out / "retrieval-msrvtt" / "log.jsonl"  # opened just before the first step

@@ -1,4 +1,4 @@
-"""Tests of the metrics section of evaluate.py: hand-computed cases, brute force, and parity with the COCO
+"""Tests of metrics.py: hand-computed cases, brute force, and parity with the COCO
 caption toolkit (pycocoevalcap; skipped when it is not installed, METEOR also needs java).
 
 Run: python -m pytest -q tests/test_metrics.py
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from evaluate import (caption_metrics, dp_align, frame_accuracy, localization_recall, mc_accuracy,  # noqa: E402
-                      retrieval_metrics, window_average, windows)
+from metrics import (caption_metrics, dp_align, frame_accuracy, localization_recall, mc_accuracy,  # noqa: E402
+                     retrieval_metrics, window_average, windows)
 
 
 # ----------------------------------------------------------------------------- retrieval

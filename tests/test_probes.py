@@ -1,6 +1,6 @@
-"""Grounding probes and yardsticks (evaluate.py): the masked-word probe and the multiple-choice pseudo-likelihood
-against one-example-at-a-time loops, the evenly-spaced-steps baseline on a hand case, the caption roof against an
-independent tf-idf written here, and the linear floor learning on the tiny world.
+"""Grounding probes (probes.py) and yardsticks (experiments.py): the masked-word probe and the multiple-choice
+pseudo-likelihood against one-example-at-a-time loops, the evenly-spaced-steps baseline on a hand case, the caption
+roof against an independent tf-idf written here, and the linear floor learning on the tiny world.
 
 Run: python -m pytest -q tests/test_probes.py
 """
@@ -15,6 +15,9 @@ import tokens
 import data
 import evaluate
 import readers
+import experiments
+import metrics
+import probes
 import vlm as vlm_module
 from vlm import TEXT_START
 
@@ -30,7 +33,7 @@ def tiny_model(tiny_world):
 
 
 def test_concept_words_name_things_on_screen_not_template_words():
-    w = evaluate.concept_words()
+    w = probes.concept_words()
     assert {"onion", "chop", "kitchen", "spicy", "tire", "garden"} <= w
     assert not w & {"the", "in", "a", "someone", "person", "now", "video"}  # template words
 
@@ -42,7 +45,7 @@ def test_masked_word_log_probs_equal_a_one_at_a_time_loop(tiny_model, tiny_world
     clips = [evaluate.record_clip(store, r) for r in recs]
     ids = data.encode_texts(tok, [r["texts"][0] for r in recs])[0]
     pos = [len(t) // 2 for t in ids]
-    got = evaluate._masked_top1(model, clips, ids, pos, "cpu", torch.no_grad(), batch_size=4)  # padded batches
+    got = probes._masked_top1(model, clips, ids, pos, "cpu", torch.no_grad(), batch_size=4)  # padded batches
     for i in range(len(ids)):
         t = torch.tensor([ids[i]])
         t[0, pos[i]] = model.config.mask_token_id
@@ -52,7 +55,7 @@ def test_masked_word_log_probs_equal_a_one_at_a_time_loop(tiny_model, tiny_world
             want = torch.log_softmax(model.mlm_logits(h[0, TEXT_START + pos[i]]), -1)
         torch.testing.assert_close(got[i], want, atol=1e-4, rtol=1e-4)
     # hiding the video changes the prediction inputs (zeroed features, as MMM's masked video)
-    hidden = evaluate._masked_top1(model, clips, ids, pos, "cpu", torch.no_grad(), hide_video=True)
+    hidden = probes._masked_top1(model, clips, ids, pos, "cpu", torch.no_grad(), hide_video=True)
     assert not torch.allclose(hidden, got)
 
 
@@ -71,15 +74,15 @@ def test_mc_pseudo_likelihood_equals_a_loop(tiny_model, tiny_world):
                 with torch.no_grad():
                     h = model(v, torch.ones(1, v.shape[1], dtype=torch.bool), t, torch.ones_like(t, dtype=torch.bool))
                     scores[q, k] += float(torch.log_softmax(model.mlm_logits(h[0, TEXT_START + p]), -1)[t0[p]])
-    np.testing.assert_allclose(evaluate.mc_pseudo_likelihood(model, tiny_world, tok, n=4, scores_only=True),
+    np.testing.assert_allclose(probes.mc_pseudo_likelihood(model, tiny_world, tok, n=4, scores_only=True),
                                scores, rtol=1e-4, atol=1e-4)
-    want = evaluate.mc_accuracy(scores, np.array([r["answer"] for r in recs]))
-    assert evaluate.mc_pseudo_likelihood(model, tiny_world, tok, n=4) == pytest.approx(want)
+    want = metrics.mc_accuracy(scores, np.array([r["answer"] for r in recs]))
+    assert probes.mc_pseudo_likelihood(model, tiny_world, tok, n=4) == pytest.approx(want)
 
 
 def test_grounding_probes_print_every_probe_beside_its_chance(tiny_model, tiny_world, capsys):
     model, tok = tiny_model
-    out = evaluate.grounding_probes(model, tiny_world, tok, n_words=20, n_mc=10)
+    out = probes.grounding_probes(model, tiny_world, tok, n_words=20, n_mc=10)
     text = capsys.readouterr().out
     n = len(readers.load_retrieval(tiny_world, "msrvtt", "test")[0])
     assert out["msrvtt retrieval R@1 / R@10"]["chance"] == pytest.approx(100.0 / n)
@@ -95,14 +98,14 @@ def test_even_steps_recall_hand():
     y = np.zeros((10, 2))
     y[1:4, 0] = 1  # step 0 on seconds 1..3: hit at 2
     y[0, 1] = 1    # step 1 at second 0: miss at 7
-    assert evaluate.even_steps_recall([{"task": "t", "labels": y}]) == pytest.approx(50.0)
+    assert metrics.even_steps_recall([{"task": "t", "labels": y}]) == pytest.approx(50.0)
     y[6:9, 1] = 1  # now step 1 also covers 7: both hit
-    assert evaluate.even_steps_recall([{"task": "t", "labels": y}]) == pytest.approx(100.0)
+    assert metrics.even_steps_recall([{"task": "t", "labels": y}]) == pytest.approx(100.0)
 
 
 def test_caption_roof_equals_an_independent_tfidf(tiny_world):
     tok = tokens.load_tokenizer(tiny_world)
-    got = evaluate.caption_roof(tiny_world, tok)
+    got = experiments.caption_roof(tiny_world, tok)
     _, sents = readers.read_msrvtt_json(f"{tiny_world}/msrvtt/MSRVTT_data.json")
     recs, _ = readers.load_retrieval(tiny_world, "msrvtt", "test")
     words = lambda s: Counter(tok.encode(s, add_special_tokens=False).ids)
@@ -124,7 +127,7 @@ def test_caption_roof_equals_an_independent_tfidf(tiny_world):
         for j, s in enumerate(recs):
             d = doc(s["video_id"], {r["texts"][0]} if i == j else set())
             sim[i, j] = sum(x * d.get(w, 0.0) for w, x in q.items())
-    want = evaluate.retrieval_metrics(sim)
+    want = metrics.retrieval_metrics(sim)
     for k in want:
         assert got["retrieval-msrvtt"][k] == pytest.approx(want[k])
     assert got["retrieval-msrvtt"]["R1"] > 20 and got["qa"]["acc"] > 50  # far above chance (2%, 20%)
@@ -133,8 +136,8 @@ def test_caption_roof_equals_an_independent_tfidf(tiny_world):
 def test_linear_floor_learns_on_the_tiny_world(tiny_world):
     tok = tokens.load_tokenizer(tiny_world)
     n = len(readers.load_retrieval(tiny_world, "msrvtt", "test")[0])
-    m = evaluate.linear_floor(tiny_world, tok, "retrieval", "msrvtt", steps=60)
+    m = experiments.linear_floor(tiny_world, tok, "retrieval", "msrvtt", steps=60)
     assert m["R10"] > 2 * 1000.0 / n  # R@10 chance is 20% on 50 test videos
-    assert evaluate.linear_floor(tiny_world, tok, "retrieval", "msrvtt", steps=60) == m  # seeded
-    untrained = evaluate.linear_floor(tiny_world, tok, "retrieval", "msrvtt", steps=0)
+    assert experiments.linear_floor(tiny_world, tok, "retrieval", "msrvtt", steps=60) == m  # seeded
+    untrained = experiments.linear_floor(tiny_world, tok, "retrieval", "msrvtt", steps=0)
     assert m["R10"] > untrained["R10"]

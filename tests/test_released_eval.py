@@ -13,7 +13,8 @@ import torch
 import tokens
 import data
 import evaluate
-from evaluate import dp_align, frame_outputs, localization_recall, step_log_probs, window_average, windows
+from evaluate import frame_outputs
+from metrics import dp_align, localization_recall, step_log_probs, window_average, windows
 import readers
 
 
