@@ -15,7 +15,7 @@ import tokens
 import data
 import evaluate
 import vlm as vlm_module
-from vlm import TEXT_START
+from masking import TEXT_START
 
 
 @pytest.fixture(scope="module")
