@@ -19,11 +19,14 @@ import torch.nn.functional as F
 
 from tokens import load_tokenizer, special_ids
 
+
 # ----------------------------------------------------------------------------------------------------------
 # BERT
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention (nh heads of size hs = H / nh) with an output projection and dropout."""
+
     def __init__(self, cfg):
         super().__init__()
         H = cfg.hidden_size
@@ -80,6 +83,8 @@ class Layer(nn.Module):
 
 
 class Bert(nn.Module):
+    """BERT's encoder: word (or given) + position + token-type embeddings -> LayerNorm -> dropout -> the layers."""
+
     def __init__(self, cfg):
         super().__init__()
         H = cfg.hidden_size

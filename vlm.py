@@ -121,6 +121,10 @@ class Transform(nn.Module):
 
 
 class VLM(nn.Module):
+    """VLM (sec. 3): the sequence of Eq. 2 through one BERT, read top-down as: the config and init; the
+    embeddings of Eq. 2; the separate video and text passes; the joint pass; the MLM head; captioning;
+    from_pretrained, the way in from a Hugging Face BERT directory."""
+
     config_class = VLMConfig  # what from_pretrained builds
     new_parts = ("video_mlp.",)  # not in a BERT checkpoint: keep their fresh init (from_pretrained)
     new_note = "vlm.py: the video MLP (Eq. 1) is new: initialised normal(0, 0.02), zero biases"
