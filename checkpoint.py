@@ -145,23 +145,27 @@ def load_state_checked(module, sd, path, flags=None):
     module.load_state_dict(sd)
 
 
+def config_from_dict(raw, where="config"):
+    """The config a saved dict describes: AllInOneConfig when it records model="allinone", else VLMConfig;
+    unknown fields (another model's checkpoint) are a CheckpointError naming them."""
+    kind = AllInOneConfig if raw.get("model") == "allinone" else VLMConfig
+    try:
+        return kind.from_dict(raw, where)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def model_from_config(raw, where="config"):
     """The model a saved config dict describes: AllInOne when it records model="allinone", else VLM."""
-    if raw.get("model") == "allinone":
-        return AllInOne(AllInOneConfig.from_dict(raw, where))
-    return VLM(VLMConfig(**raw))
+    cfg = config_from_dict(raw, where)
+    return AllInOne(cfg) if isinstance(cfg, AllInOneConfig) else VLM(cfg)
 
 
 def load_model(path):
     """A VLM or AllInOne from a checkpoint of either form, every key and shape checked; a model directory's
     tokenizer is remembered (and checked against the embeddings)."""
     ckpt = load_checkpoint(path)
-    raw = ckpt["model_config"]
-    if raw.get("model") != "allinone":
-        unknown = set(raw) - {f.name for f in dataclasses.fields(VLMConfig)}
-        if unknown:
-            raise CheckpointError(f"{path}: unknown model_config fields {sorted(unknown)} (not a vlm.py checkpoint?)")
-    model = model_from_config(raw, path)  # VLM, or AllInOne when the config records model="allinone"
+    model = model_from_config(ckpt["model_config"], path)
     load_state_checked(model, ckpt["model"], path)
     if "dir" in ckpt:  # a model directory: remember (and check) its tokenizer
         try:
