@@ -1,6 +1,6 @@
 """All-in-One (Wang et al. 2022): raw video frames and text in ONE transformer, with temporal token rolling.
 
-The same `vlm.Bert` encoder and the same BERT loading as VLM; what is new is the frame side:
+The same `bert.Bert` encoder and the same BERT loading as VLM (`VLM.from_pretrained`); what is new is the frame side:
 
     row (b, t) = [CLS] w_1..w_n [SEP] [PAD]..  |  CLS_t p_1..p_n          (text copied for every frame t)
                  token type 0, positions 0..    |  type 1, spatial + temporal embeddings
@@ -15,21 +15,20 @@ The same `vlm.Bert` encoder and the same BERT loading as VLM; what is new is the
   2-way head on it scores video-text matching (VTM). MLM reuses VLM's tied head (`VLM.mlm_logits`).
 
 Frame size, patch size and frames per clip come from the config (small frames on the built-in world, 224 / 16
-for real video). Models save and load through VLM's checkpoint format; config.json records model="allinone".
+for real video). Models save and load through checkpoint.py (save_model_dir, load_model), the one format of VLM
+too; config.json records model="allinone".
 
     python train.py --model allinone           # pre-training on the built-in world's rendered video
     python -m pytest -q tests/test_allinone.py
 """
-import json
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vlm import (VLM, Bert, Transform, VLMConfig, _attach_tokenizer, check_config, convert_hf_state_dict,
-                 hf_tokenizer_into, load_checked, masked_mean, read_hf_weights)
+from bert import Bert, bert_init
+from vlm import VLM, Transform, VLMConfig, check_config, masked_mean
 
 
 @dataclass
@@ -42,6 +41,7 @@ class AllInOneConfig(VLMConfig):
 
 
 def check_frames_config(cfg, where="config"):
+    """Refuse a frames config this code cannot run (on top of vlm.check_config)."""
     check_config(cfg, where)
     if cfg.model != "allinone":
         raise ValueError(f"{where}: model={cfg.model!r}, expected 'allinone'")
@@ -89,6 +89,10 @@ class FrameEmbed(nn.Module):
 
 
 class AllInOne(nn.Module):
+    config_class = AllInOneConfig  # what from_pretrained builds
+    new_parts = ("frames.", "vtm_head.")  # not in a BERT checkpoint: keep their fresh init (from_pretrained)
+    new_note = "allinone: the frame embedding and the VTM head are new: initialised fresh"
+
     def __init__(self, cfg):
         super().__init__()
         check_frames_config(cfg)
@@ -98,16 +102,19 @@ class AllInOne(nn.Module):
         self.transform = Transform(cfg)
         self.output_bias = nn.Parameter(torch.zeros(cfg.vocab_size))  # BERT's cls.predictions.bias
         self.vtm_head = nn.Linear(cfg.hidden_size, 2)  # video-text matching: 0 = mismatched, 1 = matched
-        self.tokenizer_dir = None
-        self.apply(self._init)
+        self.tokenizer_dir = None  # where tokenizer files came from (checkpoint.save_model_dir copies them)
+        self._init_weights()
+
+    def _init_weights(self):
+        """BERT's init (bert_init, std initializer_range) everywhere, with one special case: the frame CLS, the
+        spatial and the temporal embeddings (plain parameters, not modules) get normal(0, 0.02)."""
+        self.apply(lambda m: bert_init(m, self.config.initializer_range))
         for p in (self.frames.cls, self.frames.pos, self.frames.temporal):
             nn.init.normal_(p, std=0.02)
 
-    # shared with VLM: init, the tied MLM head (Eq. 4 of the VLM paper) and the checkpoint writer
-    _init = VLM._init
+    # shared with VLM: the tied MLM head (Eq. 4 of the VLM paper)
     word_embeddings = VLM.word_embeddings
     mlm_logits = VLM.mlm_logits
-    save = VLM.save
 
     @property
     def tokens_per_frame(self):
@@ -171,43 +178,11 @@ class AllInOne(nn.Module):
         """(B, 2) video-text matching logits from the pooled state (text [CLS] slot of the averaged rows)."""
         return self.vtm_head(self(frames, text_ids, text_mask)[:, 0])
 
-    # --- checkpoints -------------------------------------------------------------------------------------
-
-    @classmethod
-    def load(cls, path):
-        """A model written by save(): config.json (model="allinone") + model.pt, every key and shape checked."""
-        with open(os.path.join(path, "config.json")) as f:
-            raw = json.load(f)
-        model = cls(config_from_dict(raw, f"{path}/config.json"))
-        sd = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
-        load_checked(model, sd, os.path.join(path, "model.pt"))
-        _attach_tokenizer(model, path)
-        return model
+    # --- the way in from Hugging Face BERT ---------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, path, **frame_args):
         """From a Hugging Face BERT directory (its encoder, embeddings and MLM head; the frame embedding and the
-        VTM head are new) or from a directory written by save(). frame_args: frame_size, patch_size, ..."""
-        if os.path.exists(os.path.join(path, "model.pt")):
-            return cls.load(path)
-        cfg = AllInOneConfig.from_bert_json(path, **frame_args)
-        tok = hf_tokenizer_into(cfg, path)
-        model = cls(cfg)
-        hf, src = read_hf_weights(path)
-        sd, unknown, notes = convert_hf_state_dict(hf, model, src)
-        own = model.state_dict()
-        sd.update({k: v for k, v in own.items() if k.startswith(("frames.", "vtm_head."))})
-        load_checked(model, sd, src, unknown)
-        _attach_tokenizer(model, path, tok)
-        for line in notes[:-1]:  # the last note is about VLM's video MLP, which this model does not have
-            print(line)
-        print("allinone: the frame embedding and the VTM head are new: initialised fresh")
-        return model
-
-
-def config_from_dict(raw, where="config"):
-    """AllInOneConfig from a saved dict (config.json or a checkpoint's model_config), unknown fields named."""
-    unknown = set(raw) - {f.name for f in fields(AllInOneConfig)}
-    if unknown:
-        raise ValueError(f"{where}: unknown fields {sorted(unknown)} (not an allinone.py checkpoint?)")
-    return AllInOneConfig(**raw)
+        VTM head are new) or from one of our model directories: VLM.from_pretrained's loader, building this
+        class. frame_args: frame_size, patch_size, num_frames, ... (config fields; ignored for our directories)."""
+        return VLM.from_pretrained.__func__(cls, path, **frame_args)

@@ -39,9 +39,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import allinone
+import bert
 import data
 import evaluate
 import losses
+import masking
 import train
 import video
 import vlm
@@ -151,7 +153,7 @@ class Encoded:
 
 
 def hf_bert_like(model):
-    """A transformers.BertModel with our config and our weights (through vlm.HF_TO_OURS)."""
+    """A transformers.BertModel with our config and our weights (through bert.HF_TO_OURS)."""
     from transformers import BertConfig, BertModel
     c = model.config
     hcfg = BertConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
@@ -159,8 +161,8 @@ def hf_bert_like(model):
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=c.layer_norm_eps,
                       max_position_embeddings=c.max_position_embeddings, pad_token_id=c.pad_token_id)
     hf = BertModel(hcfg, add_pooling_layer=False)
-    sd = {vlm.hf_name(k): v for k, v in model.state_dict().items() if k.startswith("bert.")}
-    hf.load_state_dict(sd, strict=True)  # every encoder key, named through vlm.HF_TO_OURS
+    sd = {bert.hf_name(k): v for k, v in model.state_dict().items() if k.startswith("bert.")}
+    hf.load_state_dict(sd, strict=True)  # every encoder key, named through bert.HF_TO_OURS
     return hf
 
 
@@ -304,11 +306,11 @@ def bench_retrieval(args, device, ctx, res):
             p = {k: v.to(device) for k, v in p.items()}
             with ctx:
                 h = model(p["video"], p["video_mask"], p["text_ids"], p["text_mask"], attention="isolated")
-            _, vm = vlm.pad_video(p["video"], p["video_mask"])
+            vm = masking.pad_video_mask(p["video_mask"])
             keep_v = torch.cat([vm, torch.ones_like(vm[:, :1])], 1)  # (B, 33) valid video + first [SEP]
             keep_t = F.pad(p["text_mask"].bool(), (1, 0), value=True)  # (B, Lt + 1) text + last [SEP]
-            vs.append(vlm.masked_mean(h[:, vlm.VIDEO_START:vlm.SEP1 + 1], keep_v).float().cpu())
-            ts.append(vlm.masked_mean(h[:, vlm.TEXT_START:], keep_t).float().cpu())
+            vs.append(vlm.masked_mean(h[:, masking.VIDEO_START:masking.SEP1 + 1], keep_v).float().cpu())
+            ts.append(vlm.masked_mean(h[:, masking.TEXT_START:], keep_t).float().cpu())
         return torch.cat(vs), torch.cat(ts)
 
     got = {}
@@ -403,7 +405,7 @@ def peak_memory(what, layers, clips, quick, device):
     opt = train.make_optimizer(model, 5e-5, 0.98, device)
     _, ctx, scaler = amp_setup("auto", device)
     if what == "loss":  # the loss's cost does not depend on the values of h: random states, no encoder pass
-        T = vlm.TEXT_START + batch["text_ids"].shape[1] + 1
+        T = masking.TEXT_START + batch["text_ids"].shape[1] + 1
         h = torch.randn(clips, T, cfg.hidden_size, device=device, requires_grad=True)  # (B, T, H)
 
     def rss(field):

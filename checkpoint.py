@@ -19,9 +19,9 @@ import zipfile
 import torch
 from tokenizers import Tokenizer
 
-from allinone import AllInOne, config_from_dict
+from allinone import AllInOne, AllInOneConfig
 from tokens import load_tokenizer, special_ids
-from vlm import VLM, TaskModel, VLMConfig, _attach_tokenizer
+from vlm import VLM, TaskModel, VLMConfig, attach_tokenizer
 
 
 class CheckpointError(Exception):
@@ -52,13 +52,29 @@ def atomic_save(obj, path):
         os.close(dir_fd)
 
 
+def _write_model_dir(model, out_dir, tokenizer=None):
+    """DIR/config.json (the config's fields), DIR/model.pt (state_dict), and tokenizer files: `tokenizer` (a
+    tokenizers.Tokenizer or a directory) or else those of the directory the model was loaded from."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(model.config), f, indent=2)
+    torch.save(model.state_dict(), os.path.join(out_dir, "model.pt"))
+    src = tokenizer if tokenizer is not None else model.tokenizer_dir
+    if src is not None and not isinstance(src, (str, os.PathLike)):
+        src.save(os.path.join(out_dir, "tokenizer.json"))
+    elif src is not None and os.path.abspath(src) != os.path.abspath(out_dir):
+        for name in ("tokenizer.json", "vocab.txt"):
+            if os.path.exists(os.path.join(src, name)):
+                shutil.copy(os.path.join(src, name), os.path.join(out_dir, name))
+
+
 def save_model_dir(model, out_dir, tokenizer=None):
-    """VLM.save into a temp directory beside out_dir, then swap it in: a failure while writing leaves the
-    previous out_dir whole (the temp directory is removed)."""
+    """A model directory (a VLM or AllInOne, its config and tokenizer) written into a temp directory beside
+    out_dir, then swapped in: a failure while writing leaves the previous out_dir whole (the temp is removed)."""
     tmp, old = f"{out_dir}.tmp.{os.getpid()}", f"{out_dir}.old.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save(tmp, tokenizer=tokenizer)
+        _write_model_dir(model, tmp, tokenizer=tokenizer)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{out_dir}: could not write the model ({type(e).__name__}: {e}); the previous "
@@ -84,7 +100,7 @@ def _torch_file(path):
 
 def load_checkpoint(path, need=("model", "model_config")):
     """Read a checkpoint of this project -> dict. `path` is a file written by torch.save (train.py's ckpt.pt,
-    finetune.py's best.pt / ckpt.pt) or a model directory written by VLM.save (config.json + model.pt, returned
+    finetune.py's best.pt / ckpt.pt) or a model directory written by save_model_dir (config.json + model.pt, returned
     as {"model_config", "model", "dir"}); a directory holding only ckpt.pt reads that. The one loader behind
     --resume, --init, --init_from (for model directories) and evaluate.py --ckpt: every failure is a
     CheckpointError naming the file (missing, empty, truncated, not a checkpoint, lacking a key in `need`)."""
@@ -129,27 +145,31 @@ def load_state_checked(module, sd, path, flags=None):
     module.load_state_dict(sd)
 
 
+def config_from_dict(raw, where="config"):
+    """The config a saved dict describes: AllInOneConfig when it records model="allinone", else VLMConfig;
+    unknown fields (another model's checkpoint) are a CheckpointError naming them."""
+    kind = AllInOneConfig if raw.get("model") == "allinone" else VLMConfig
+    try:
+        return kind.from_dict(raw, where)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def model_from_config(raw, where="config"):
     """The model a saved config dict describes: AllInOne when it records model="allinone", else VLM."""
-    if raw.get("model") == "allinone":
-        return AllInOne(config_from_dict(raw, where))
-    return VLM(VLMConfig(**raw))
+    cfg = config_from_dict(raw, where)
+    return AllInOne(cfg) if isinstance(cfg, AllInOneConfig) else VLM(cfg)
 
 
 def load_model(path):
     """A VLM or AllInOne from a checkpoint of either form, every key and shape checked; a model directory's
-    tokenizer is remembered (and checked against the embeddings), as VLM.load does."""
+    tokenizer is remembered (and checked against the embeddings)."""
     ckpt = load_checkpoint(path)
-    raw = ckpt["model_config"]
-    if raw.get("model") != "allinone":
-        unknown = set(raw) - {f.name for f in dataclasses.fields(VLMConfig)}
-        if unknown:
-            raise CheckpointError(f"{path}: unknown model_config fields {sorted(unknown)} (not a vlm.py checkpoint?)")
-    model = model_from_config(raw, path)  # VLM, or AllInOne when the config records model="allinone"
+    model = model_from_config(ckpt["model_config"], path)
     load_state_checked(model, ckpt["model"], path)
-    if "dir" in ckpt:  # a model directory: remember (and check) its tokenizer, as VLM.load does
+    if "dir" in ckpt:  # a model directory: remember (and check) its tokenizer
         try:
-            _attach_tokenizer(model, ckpt["dir"])
+            attach_tokenizer(model, ckpt["dir"])
         except ValueError as e:
             raise CheckpointError(str(e)) from None
     return model

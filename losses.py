@@ -1,6 +1,8 @@
 """Losses of VLM: the masked token loss L_VLM (paper sec. 3.3, Eq. 8-9), the MFM-MLM baseline (sec. 3.2,
-Eq. 5-7), the pre-training step that masks a batch and scores it, and the fine-tuning losses (sec. 4).
+Eq. 5-7), the pre-training step that masks a batch and scores it, and the fine-tuning losses (sec. 4); the
+All-in-One pre-training loss (MLM + VTM, docs/allinone.md). docs/method.md §3 states the method exactly.
 
+    python train.py [--loss mfm_mlm]           # pre-training calls pretrain_loss every step (finetune.py the rest)
     python -m pytest -q tests/test_losses.py
 
 The masked-token losses work on GATHERED rows: the caller picks the masked positions first, so the vocabulary
@@ -19,8 +21,9 @@ from masking import TEXT_START, VIDEO_START, mask_batch, mask_text, vtm_pairs
 
 
 def _zero(*tensors):
-    """A scalar 0 that still has a gradient path to every tensor given (so backward() and DDP work when a
-    batch has nothing masked). Never NaN, unlike the mean of an empty cross-entropy."""
+    """A scalar 0 that still has a gradient path to every tensor given (so backward() works and every parameter
+    gets a gradient, exactly 0, when a batch has nothing masked). Never NaN, unlike the mean of an empty
+    cross-entropy."""
     return sum(t.sum() * 0.0 for t in tensors)
 
 
@@ -115,8 +118,9 @@ def pretrain_loss(model, batch, gen, loss="vlm", mmm_prob=0.5, p_text=0.15, p_vi
     rows = gather_masked(model, batch, masked)
     if loss == "vlm":
         value = vlm_loss(**rows, word_emb=model.word_embeddings)
-        # the output bias is unused by L_VLM; a zero term keeps it in the graph so DDP needs no
-        # find_unused_parameters (its gradient stays exactly 0)
+        # the output bias is unused by L_VLM; a zero term keeps it in the graph, so every parameter has a gradient
+        # (exactly 0: Adam leaves it unchanged). DDP does not rely on it: train.wrap_ddp sets
+        # find_unused_parameters because fine-tuning leaves the MLM head out
         value = value + _zero(model.output_bias)
     else:
         value = mfm_mlm_loss(**rows, word_emb=model.word_embeddings, output_bias=model.output_bias)

@@ -2,6 +2,8 @@
 
 Everything here is a pure function of its inputs and a torch.Generator, so it can be tested without a model:
     python -m pytest -q tests/test_masking.py
+train.py calls mask_batch (through losses.pretrain_loss) every pre-training step; vlm.py builds its attention
+from attention_mask. docs/method.md §1 (the layout) and §3 (masking) state the method exactly.
 
 Sequence layout (Eq. 2, docs/method.md §1), one row per example, T = 1 + 32 + 1 + Lt + 1:
 
@@ -10,7 +12,8 @@ Sequence layout (Eq. 2, docs/method.md §1), one row per example, T = 1 + 32 + 1
     side    0      1 (video)      1      2 (text)       2       -
 
 Video always has 32 slots; slots past the k valid seconds are padding. Valid positions of both modalities are
-a prefix, so the last [SEP] of example i sits at 34 + n_i.
+a prefix, so the last [SEP] of example i sits at 34 + n_i. The constants below are the one definition of this
+layout (vlm.py, losses.py and the scripts import them from here).
 """
 import torch
 

@@ -10,8 +10,8 @@
     python use.py export-hf --ckpt out/pretrain/model --out hf_dir/                      # transformers.BertModel
     python use.py figures                                                                # docs/*.svg again
 
-CKPT is any checkpoint of this project: a model directory (VLM.save), a pre-training ckpt.pt or a fine-tuned
-best.pt. Videos are S3D feature files (T, 512) .npy for a VLM model (like the evaluation runners, a video longer
+CKPT is any checkpoint of this project: a model directory (checkpoint.save_model_dir), a pre-training ckpt.pt
+or a fine-tuned best.pt. Videos are S3D feature files (T, 512) .npy for a VLM model (like the evaluation runners, a video longer
 than 32 s is represented by its first 32 s, counted and said), and video files (.mp4, .webm, .mkv, ... read with
 PyAV, or the world's .npy frame arrays) for an All-in-One frames model (embed, search and match; T frames from T
 equal segments of the whole file). Embeddings and scores are
@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import bert
 import checkpoint
 import data
 import plots
 import video
-import vlm as vlm_module
 from common import amp_setup
 from evaluate import encode_text_ids
-from masking import layout
+from masking import TEXT_START, layout
 from tokens import load_tokenizer
 
 FEATURE_EXTS = (".npy",)
@@ -384,7 +384,7 @@ def caption(a):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# attention maps (the paper's Fig. 4) through the explicit softmax path of vlm.SelfAttention
+# attention maps (the paper's Fig. 4) through the explicit softmax path of bert.SelfAttention
 
 
 @torch.no_grad()
@@ -473,15 +473,15 @@ def plot_log(a):
 
 
 def hf_state_dict(model):
-    """Our weights under BertForMaskedLM's names (vlm.hf_name): bert.embeddings.*, bert.encoder.*,
+    """Our weights under BertForMaskedLM's names (bert.hf_name): bert.embeddings.*, bert.encoder.*,
     cls.predictions.*. The video MLP (Eq. 1) has no BERT counterpart and is left out."""
     out = {}
     for k, t in model.state_dict().items():
         if k.startswith("video_mlp."):
             continue
-        name = vlm_module.hf_name(k)
+        name = bert.hf_name(k)
         if name == k:
-            raise ValueError(f"export: parameter {k} has no Hugging Face name in vlm.HF_TO_OURS")
+            raise ValueError(f"export: parameter {k} has no Hugging Face name in bert.HF_TO_OURS")
         out[name if name.startswith("cls.") else "bert." + name] = t.detach().cpu().contiguous().clone()
     return out
 
@@ -493,7 +493,7 @@ def hf_config(cfg):
     return {"architectures": ["BertForMaskedLM"], "model_type": "bert", "position_embedding_type": "absolute",
             **{k: getattr(cfg, k) for k in keep},
             # how VLM itself places text (Eq. 2): positions from 34, token type 1, then mean pooling
-            "vlm_text_first_position": vlm_module.TEXT_START, "vlm_text_token_type": 1}
+            "vlm_text_first_position": TEXT_START, "vlm_text_token_type": 1}
 
 
 def save_hf_tokenizer(tok, out):
@@ -558,7 +558,7 @@ def figures(a):
 
 def _model_cmd(sub, name, help):
     s = sub.add_parser(name, help=help, description=help)
-    s.add_argument("--ckpt", required=True, help="model directory (VLM.save), pre-training ckpt.pt or "
+    s.add_argument("--ckpt", required=True, help="model directory (checkpoint.save_model_dir), pre-training ckpt.pt or "
                    "fine-tuned best.pt")
     s.add_argument("--data", default="data/world", help="data directory whose tokenizer is used when the "
                    "checkpoint carries none")

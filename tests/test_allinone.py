@@ -144,7 +144,7 @@ def test_checkpoint_round_trip_and_bert_loading(tmp_path):
         ours = m.bert(F.pad(ids, (1, 1), value=3), None)
         ref = hf.bert(F.pad(ids, (1, 1), value=3)).last_hidden_state
     assert torch.allclose(ours, ref, atol=1e-5)
-    m.save(str(tmp_path / "saved"))
+    checkpoint.save_model_dir(m, str(tmp_path / "saved"))
     import vlm
     back = checkpoint.load_model(str(tmp_path / "saved"))  # one checkpoint format: the config names the model kind
     assert isinstance(back, AllInOne) and back.config == m.config
@@ -290,7 +290,7 @@ def test_use_search_on_video_files_reproduces_the_frames_runner(video_world, tmp
                           max_text_len=24, cls_token_id=ids["cls"], sep_token_id=ids["sep"],
                           mask_token_id=ids["mask"], pad_token_id=ids["pad"])).eval()
     d = str(tmp_path / "model")
-    m.save(d, tokenizer=tok)
+    checkpoint.save_model_dir(m, d, tokenizer=tok)
     ref = evaluate.run_frames_task("retrieval", m, video_world, "test", tok)
     csv_path = os.path.join(video_world, "msrvtt", "MSRVTT_JSFUSION_test.csv")
     got = use.main(["search", "--ckpt", d, "--videos", os.path.join(video_world, "msrvtt", "videos"),

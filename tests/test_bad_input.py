@@ -25,7 +25,6 @@ import finetune
 import readers
 import train
 import video
-import vlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--layers", "1", "--hidden", "32", "--heads", "2", "--batch_videos", "2", "--clips_per_video", "2",
@@ -302,7 +301,7 @@ def test_failed_final_save_keeps_the_previous_model_dir(run_dir, tmp_path, monke
         open(os.path.join(out_dir, "config.json"), "w").write("{")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(vlm.VLM, "save", full)
+    monkeypatch.setattr(checkpoint, "_write_model_dir", full)
     with pytest.raises(checkpoint.CheckpointError, match=f"{d}: could not write the model"):
         checkpoint.save_model_dir(model, d)
     assert sorted(os.listdir(tmp_path)) == ["model"]

@@ -19,7 +19,7 @@ import experiments
 import metrics
 import probes
 import vlm as vlm_module
-from vlm import TEXT_START
+from masking import TEXT_START
 
 
 @pytest.fixture(scope="module")

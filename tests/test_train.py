@@ -42,7 +42,7 @@ def test_one_step_smoke(tiny_world, tmp_path):
     log = read_log(out)
     assert len(log) == 1 and log[0]["step"] == 1 and torch.isfinite(torch.tensor(log[0]["loss"]))
     assert {"loss", "lr", "clips_per_s", "val_loss"} <= set(log[0])
-    model = vlm.VLM.load(os.path.join(out, "model"))  # the final model directory loads
+    model = checkpoint.load_model(os.path.join(out, "model"))  # the final model directory loads
     assert model.config.hidden_size == 32
 
 

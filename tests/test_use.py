@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import bert
+import checkpoint
 import tokens
 import data
 import evaluate
@@ -45,13 +47,13 @@ def random_vlm(vocab, seed=0, layers=2, heads=4, hidden=32):
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_world, tmp_path_factory):
-    """A random VLM with the tiny world's tokenizer, saved as a model directory (VLM.save)."""
+    """A random VLM with the tiny world's tokenizer, saved as a model directory (checkpoint.save_model_dir)."""
     tok = tokens.load_tokenizer(tiny_world)
     ids = tokens.special_ids(tok)
     m = random_vlm(tok.get_vocab_size())
     assert (ids["pad"], ids["cls"], ids["sep"], ids["mask"]) == (0, 2, 3, 4)
     d = str(tmp_path_factory.mktemp("model") / "model")
-    m.save(d, tokenizer=tok)
+    checkpoint.save_model_dir(m, d, tokenizer=tok)
     return d
 
 
@@ -94,7 +96,7 @@ def test_explicit_attention_with_a_cache_equals_sdpa():
     k, v = torch.randn(2, 3, 9, 8, generator=g), torch.randn(2, 3, 9, 8, generator=g)
     keys = torch.rand(2, 1, 1, 9, generator=g) > 0.3
     keys[..., 0] = True
-    y, p = vlm.explicit_attention(q, k, v, keys)
+    y, p = bert.explicit_attention(q, k, v, keys)
     assert (y - F.scaled_dot_product_attention(q, k, v, attn_mask=keys)).abs().max() < 1e-6
     s = torch.einsum("bhqd,bhkd->bhqk", q, k) / 8 ** 0.5  # written out: exp over allowed keys, normalised
     e = torch.exp(s - s.max(-1, keepdim=True).values) * keys
@@ -112,7 +114,7 @@ def test_attention_command_writes_a_labelled_map(tiny_world, model_dir, tmp_path
     labels = ["[CLS]"] + [f"v{i + 1}" for i in range(n)] + ["[SEP]"] + words + ["[SEP]"]
     assert p.shape == (len(labels), len(labels))
     # reference: layer 2's input and mask caught by a hook on the ordinary (SDPA) pass, head 3 written out
-    m = vlm.VLM.load(model_dir).eval()
+    m = checkpoint.load_model(model_dir).eval()
     seen = {}
     m.bert.layers[1].register_forward_pre_hook(lambda mod, args: seen.update(x=args[0], mask=args[1]))
     b = data.collate_pairs([data.clip_features(np.load(path), None, None)], [tokens.piece_ids(tok, "cut the onion")])
@@ -139,7 +141,7 @@ def test_attention_command_writes_a_labelled_map(tiny_world, model_dir, tmp_path
 def test_search_reproduces_the_evaluation_runner(tiny_world, model_dir, tmp_path, capsys):
     """MSR-VTT-like test split: use.py's ranking of the folder's videos gives evaluate.py's R@1/5/10 and MedR."""
     tok = tokens.load_tokenizer(model_dir)
-    ref = evaluate.run_task("retrieval", vlm.VLM.load(model_dir), tiny_world, "test", tok, dataset="msrvtt")
+    ref = evaluate.run_task("retrieval", checkpoint.load_model(model_dir), tiny_world, "test", tok, dataset="msrvtt")
     csv_path = os.path.join(tiny_world, "msrvtt", "MSRVTT_JSFUSION_test.csv")
     got, out = run(capsys, "search", "--ckpt", model_dir, "--videos", os.path.join(tiny_world, "msrvtt", "feats"),
                    "--queries", csv_path, "--only_named", "--topk", "3", "--show", "2")
@@ -153,7 +155,7 @@ def test_embed_then_search_reuses_the_embeddings(tiny_world, model_dir, tmp_path
     emb = str(tmp_path / "emb")
     (ids, v), _ = run(capsys, "embed", "--ckpt", model_dir, "--videos", feats, "--out", emb, "--batch_size", "7")
     assert open(os.path.join(emb, "ids.txt")).read().split() == ids == sorted(f[:-4] for f in os.listdir(feats))
-    m = vlm.VLM.load(model_dir).eval()
+    m = checkpoint.load_model(model_dir).eval()
     store = video.open_features(feats)
     ref = evaluate.encode_videos(m, [data.clip_features(store[i], None, None) for i in ids], "cpu",
                                  torch.autocast("cpu", enabled=False))
@@ -174,7 +176,7 @@ def test_match_ranks_texts_for_one_video(tiny_world, model_dir, tmp_path, capsys
     path = os.path.join(tiny_world, "msrvtt", "feats", rows[0]["video_id"] + ".npy")
     best, out = run(capsys, "match", "--ckpt", model_dir, "--video", path, "--texts", str(tmp_path / "t.txt"),
                     "--topk", "8")
-    m, tok = vlm.VLM.load(model_dir).eval(), tokens.load_tokenizer(model_dir)
+    m, tok = checkpoint.load_model(model_dir).eval(), tokens.load_tokenizer(model_dir)
     b = data.collate_pairs([data.clip_features(np.load(path), None, None)], [[0]])
     with torch.no_grad():  # one video against each text, one pass at a time
         v = m.encode_video(b["video"], b["video_mask"])[0]
@@ -189,7 +191,7 @@ def test_match_ranks_texts_for_one_video(tiny_world, model_dir, tmp_path, capsys
 
 def test_caption_equals_direct_beam_search(tiny_world, model_dir, tmp_path, capsys):
     """A fine-tuned captioning best.pt (finetune.py's layout); a folder of 3 videos decoded 2 at a time."""
-    m, tok = vlm.VLM.load(model_dir), tokens.load_tokenizer(model_dir)
+    m, tok = checkpoint.load_model(model_dir), tokens.load_tokenizer(model_dir)
     ck = {"task": "captioning", "dataset": None, "model_config": dataclasses.asdict(m.config),
           "model": m.state_dict(), "head": None, "num_classes": 0, "tokenizer": tok.to_str()}
     torch.save(ck, tmp_path / "best.pt")
@@ -213,7 +215,7 @@ def test_caption_equals_direct_beam_search(tiny_world, model_dir, tmp_path, caps
 def test_export_hf_loads_in_transformers_with_equal_hidden_states(tiny_world, model_dir, tmp_path, capsys,
                                                                   monkeypatch):
     transformers = pytest.importorskip("transformers")
-    m, tok = vlm.VLM.load(model_dir).eval(), tokens.load_tokenizer(model_dir)
+    m, tok = checkpoint.load_model(model_dir).eval(), tokens.load_tokenizer(model_dir)
     texts = ["cut the onion", "someone wants to flatten the sauce in a pan"]
     ids = [tokens.piece_ids(tok, t) for t in texts]
     b = data.collate_pairs([np.zeros((1, 512), np.float32)] * 2, ids)
@@ -314,7 +316,7 @@ def test_bad_input_gets_one_clear_line(tiny_world, model_dir, tmp_path, capsys):
 
 def test_every_checkpoint_kind_loads_to_the_same_model(tiny_world, model_dir, tmp_path, capsys):
     """A model directory, a pre-training ckpt.pt (its tokenizer in model/ beside it) and a fine-tuned best.pt."""
-    m, tok = vlm.VLM.load(model_dir), tokens.load_tokenizer(model_dir)
+    m, tok = checkpoint.load_model(model_dir), tokens.load_tokenizer(model_dir)
     run_dir = tmp_path / "run"
     shutil.copytree(model_dir, run_dir / "model")
     torch.save({"model_config": dataclasses.asdict(m.config), "model": m.state_dict(), "step": 2}, run_dir / "ckpt.pt")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoint  # noqa: E402
 import tokens  # noqa: E402
 import vlm  # noqa: E402
 
@@ -303,8 +304,8 @@ def test_save_load_round_trip(tmp_path):
     tok = tokens.load_tokenizer(str(tmp_path))
     assert tokens.piece_ids(tok, "Add salts") == [11, 12, 5 + WORDS.index("##s")]
     out = tmp_path / "ckpt"
-    model.save(str(out), tokenizer=tok)
-    again = vlm.VLM.load(str(out)).eval()
+    checkpoint.save_model_dir(model, str(out), tokenizer=tok)
+    again = checkpoint.load_model(str(out)).eval()
     assert again.config == model.config and os.path.exists(out / "tokenizer.json")
     video, vm, ids, tm = batch()
     with torch.no_grad():
