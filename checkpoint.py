@@ -31,13 +31,13 @@ class CheckpointError(Exception):
 def atomic_save(obj, path):
     """torch.save to a temp file, fsync, rename: a kill at any moment leaves the previous file usable. On any
     failure (disk full, ...) the temp file is removed and the previous file is left as it was."""
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = f"{path}.tmp.{os.getpid()}"  # per process: two ranks never write one temp file
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -45,6 +45,7 @@ def atomic_save(obj, path):
             raise CheckpointError(f"{path}: could not write the checkpoint ({type(e).__name__}: {e}); the "
                                   f"previous {os.path.basename(path)}, if any, is intact") from e
         raise
+    # fsync the directory too, so the rename itself survives a power cut
     dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -79,6 +80,7 @@ def save_model_dir(model, out_dir, tokenizer=None):
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{out_dir}: could not write the model ({type(e).__name__}: {e}); the previous "
                               f"{out_dir}, if any, is intact") from e
+    # two renames: the old directory steps aside, the new one takes its name, then the old one goes
     if os.path.exists(out_dir):
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
@@ -92,6 +94,7 @@ def _torch_file(path):
     except Exception as e:
         with open(path, "rb") as f:
             head = f.read(4)
+        # tell the usual failures apart: a zero-byte file, a zip cut short by a kill, anything else
         why = ("an empty file" if not head else
                "truncated (a zip archive without its end)" if head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
                else "not a PyTorch checkpoint (or damaged)")
@@ -107,7 +110,7 @@ def load_checkpoint(path, need=("model", "model_config")):
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "model.pt")) \
             and os.path.exists(os.path.join(path, "ckpt.pt")):
         path = os.path.join(path, "ckpt.pt")
-    if os.path.isdir(path):
+    if os.path.isdir(path):  # a model directory: config.json + model.pt (+ tokenizer files)
         cfg_path, pt = os.path.join(path, "config.json"), os.path.join(path, "model.pt")
         for p in (cfg_path, pt):
             if not os.path.exists(p):

@@ -18,11 +18,11 @@ import tokenize
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = ["vlm.py", "masking.py", "losses.py", "data.py", "train.py", "finetune.py", "evaluate.py"]
 # files that hold a part of the method or its plumbing, split off from the core files: same budgets per file
-COMPONENTS = CORE + ["allinone.py", "checkpoint.py", "common.py", "tokens.py", "readers.py", "video.py", "metrics.py", "probes.py"]
+COMPONENTS = CORE + ["allinone.py", "checkpoint.py", "common.py", "tokens.py", "readers.py", "video.py", "metrics.py", "probes.py", "bert.py"]
 # the import order: a module may import only modules of an EARLIER layer (one-way flow, docs/method.md)
-LAYERS = [["common", "tokens", "masking", "plots", "metrics", "video"], ["vlm", "readers"], ["allinone", "losses"],
-          ["data", "checkpoint"], ["world"], ["evaluate"], ["probes"], ["train"], ["finetune"], ["experiments", "ablation"],
-          ["use", "bench"]]
+LAYERS = [["common", "tokens", "masking", "plots", "metrics", "video"], ["bert", "readers"], ["vlm"],
+          ["allinone", "losses"], ["data", "checkpoint"], ["world"], ["evaluate"], ["probes"], ["train"],
+          ["finetune"], ["experiments"], ["use", "bench"]]
 
 
 def our_modules():
