@@ -73,7 +73,7 @@ def field_help(cls):
 
 def parse_config(cls, argv=None, presets=None, description="", ranges=None):
     """argparse over the fields of a config dataclass; a --preset (if any) changes defaults, flags win.
-    Numeric flags named in `ranges` ({flag: (low, high[, low excluded])}) are checked against their range as they are parsed."""
+    Numeric flags named in `ranges` ({flag: (low, high[, low excluded])}) are checked as they are parsed."""
     helps, ranges = field_help(cls), ranges or {}
 
     def build(defaults):

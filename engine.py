@@ -45,6 +45,7 @@ def lr_at(step, lr, warmup, total):
 
 
 def set_lr(optimizer, lr):
+    """Set every parameter group's learning rate; returns it."""
     for g in optimizer.param_groups:
         g["lr"] = lr
     return lr
@@ -56,11 +57,13 @@ def make_optimizer(model, lr, beta2, device):
 
 
 def rng_state(gen):
+    """Every random stream a step draws from (torch CPU, numpy, the masking generator, CUDA), for ckpt.pt."""
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "gen": gen.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state, gen):
+    """The inverse of rng_state: a resumed run draws what the unbroken run would have drawn."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     gen.set_state(state["gen"])
@@ -123,6 +126,7 @@ def wrap_ddp(objective, device):
 
 
 def to_device(batch, device):
+    """The batch dict's tensors on `device` (other values, e.g. K, as they are)."""
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
@@ -153,6 +157,7 @@ def optimizer_step(objective, batches, optimizer, scaler, ctx, grad_clip, ddp):
 
 
 def bad_step_message(step, n_bad, dtype):
+    """What to try after --max_bad_steps non-finite steps in a row."""
     hint = ("try --dtype bfloat16 or float32" if dtype == "float16" else
             "try a lower --lr, a longer --warmup or --grad_clip 1.0")
     return (f"stopping: {n_bad} non-finite steps in a row (last at step {step}); the last good checkpoint is "

@@ -107,6 +107,7 @@ def setup_run(cfg, task, dist_state, dataset):
     name = f"{task}-{r.dataset}" if task == "retrieval" else task
     r.out, r.ctx, r.scaler, base, r.tok = start_run(cfg, name + ("-scratch" if cfg.scratch else ""), rank, device)
     r.name, r.mc = os.path.basename(r.out), base.config
+    # the task's training split as examples (tasks.py); extra: localization's tasks and their step texts
     r.train_ex, r.extra, r.num_classes, trunc = TASKS[task].examples(cfg.data, r.dataset, r.tok)
     if not r.train_ex:
         raise SystemExit(f"{cfg.data}: the {task} training split is empty")
@@ -115,6 +116,7 @@ def setup_run(cfg, task, dist_state, dataset):
     r.model = TaskModel(base, r.num_classes).to(device)  # + a linear head for segmentation
     r.model.cosine = cfg.temperature > 0  # evaluate.run_task ranks by cosine similarity then
     r.optimizer = make_optimizer(r.model, cfg.lr, cfg.beta2, device)
+    # linear warm-up then decay over all steps (sec. 5.2); the warm-up is at most a tenth of a short run
     per_epoch = len(batch_order(len(r.train_ex), cfg.batch_size, 0, cfg.seed, rank, world))
     r.epochs = cfg.epochs or TASKS[task].epochs
     r.total = per_epoch * r.epochs
@@ -150,6 +152,7 @@ def train_epoch(cfg, r, epoch, rng, first_batch):
     order = batch_order(len(r.train_ex), cfg.batch_size, epoch, cfg.seed, r.rank, r.world)
     for b in range(first_batch, len(order)):
         r.lr = set_lr(r.optimizer, lr_at(r.step, cfg.lr, r.warmup, r.total))
+        # the task's batch (tasks.py), then one optimizer step (engine.optimizer_step: clip 2.0, skip non-finite)
         batch = to_device(TASKS[r.task].batch([r.train_ex[i] for i in order[b]], rng, r.mc, r.extra), r.device)
         loss, _, _ = optimizer_step(r.objective, [batch], r.optimizer, r.scaler, r.ctx, cfg.grad_clip, r.ddp)
         losses.append(loss)
@@ -202,24 +205,27 @@ def test_best(cfg, r, verbose):
 def run(cfg, task, dist_state, dataset=None, verbose=True):
     """Fine-tune one task, keep the best epoch on validation, evaluate it on test. Returns test metrics (None
     on other ranks, or after a stop: --resume goes on)."""
+    # setup: OUT/<run>, model, examples, optimizer, objective; then resume (OUT/<run>/ckpt.pt) if asked
     r = setup_run(cfg, task, dist_state, dataset)
     start_epoch, start_batch, rng_resume = resume_run(cfg, r)
     r.log = open(os.path.join(r.out, "log.jsonl"), "a") if r.master else None
     t0 = time.time()
     for epoch in range(start_epoch, r.epochs):
         rng = np.random.default_rng([cfg.seed, epoch, r.rank])  # which caption each video visit draws
-        if rng_resume is not None and epoch == start_epoch:
+        if rng_resume is not None and epoch == start_epoch:  # resumed inside this epoch: the saved streams
             rng.bit_generator.state, torch_state = rng_resume[r.rank] if r.rank < len(rng_resume) else rng_resume[0]
             torch.set_rng_state(torch_state)
         losses = train_epoch(cfg, r, epoch, rng, start_batch if epoch == start_epoch else 0)
         if losses is not None and r.master:  # model selection on the validation split
             validate_epoch(cfg, r, epoch, losses, t0, verbose)
+        # a stop inside the epoch (losses None) was saved there; one at its end saved the epoch checkpoint
         if losses is None or any_rank(StopFlag().stop, r.ddp, r.device):
             if r.master:
                 if losses is not None:
                     print(f"stopped: {r.ckpt_path} saved after epoch {epoch}; continue with --resume")
                 r.log.close()
             return None
+    # the end: rank 0 tests the best validation epoch once; the others wait here first
     if r.ddp:
         torch.distributed.barrier()
     result = test_best(cfg, r, verbose) if r.master else None
@@ -330,7 +336,7 @@ def run_frames(cfg, task, dist_state, verbose=True):
     recs, store = data.load_retrieval(cfg.data, "msrvtt", "train", videos=True)
     exs = [{"video_id": r["video_id"], "texts": data.encode_texts(tok, r["texts"], mc.max_text_len - 2)[0]}
            for r in recs]
-    model = TaskModel(base).to(device)
+    model = TaskModel(base).to(device)  # no head: both tasks compare pooled text and video vectors
     optimizer = make_optimizer(model, cfg.lr, cfg.beta2, device)
     per_epoch = len(batch_order(len(exs), cfg.batch_size, 0, cfg.seed, rank, world))
     epochs = cfg.epochs or TASKS[task].epochs
@@ -410,6 +416,7 @@ def run_frames_all(cfg, dist_state):
 
 
 def main(argv=None):
+    """python finetune.py [--flags]: one task (run), every task (run_all) or the frames model's (run_frames)."""
     cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0],
                        ranges={**RANGES, "epochs": (0, None), "temperature": (0, None)})  # --epochs 0: the default
     if cfg.seeds and not all(x.strip().isdigit() for x in cfg.seeds.split(",")):

@@ -34,6 +34,7 @@ class Task:
 
 
 def pair_examples(data_dir, dataset, tok):
+    """Training clips of MSR-VTT or YouCook2 (docs/data_formats.md): S3D features and all captions."""
     recs, store = data.load_retrieval(data_dir, dataset, "train")
     out, trunc = [], 0
     for r in recs:
@@ -44,6 +45,7 @@ def pair_examples(data_dir, dataset, tok):
 
 
 def pair_batch(exs, rng, c, extra):
+    """video (B, Tv, 512) + video_mask, text_ids / text_mask (B, L): one random caption per clip."""
     texts = [e["texts"][rng.integers(len(e["texts"]))] for e in exs]  # one caption per video visit
     return data.collate_pairs([e["video"] for e in exs], texts, pad_id=c.pad_token_id)
 
@@ -59,11 +61,13 @@ def pair_vectors(tm, b, temperature):
 
 
 def retrieval_loss(tm, b, temperature):
+    """In-batch cross-entropy text -> video over the (B, B) similarities (sec. 4.1)."""
     t, v = pair_vectors(tm, b, temperature)
     return contrastive_loss(t, v), {}  # text -> video
 
 
 def qa_loss(tm, b, temperature):
+    """The same pairs scored the other way, video -> text (sec. 4.4: answers are ranked for a video)."""
     t, v = pair_vectors(tm, b, temperature)
     return contrastive_loss(v, t), {}  # video -> text: rank the answers for a video
 
@@ -82,12 +86,14 @@ def window_examples(records, stride, size=32):
 
 
 def segmentation_examples(data_dir, dataset, tok):
+    """COIN training videos (COIN.json) as windows of 32 s at stride 8; labels: a class id per second."""
     recs, store, num_classes = data.load_coin(data_dir, "train")
     full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"]} for r in recs]
     return window_examples(full, stride=8), None, num_classes, 0
 
 
 def segmentation_batch(exs, rng, c, extra):
+    """The windows with a lone [SEP] as text (the isolated mask sees video only) and per-second labels."""
     b = data.collate_pairs([e["feat"] for e in exs], [[c.sep_token_id]] * len(exs), pad_id=c.pad_token_id)
     labels = torch.full(b["video_mask"].shape, -100, dtype=torch.long)  # (B, Tv); -100: padding, no loss
     for i, e in enumerate(exs):
@@ -96,6 +102,7 @@ def segmentation_batch(exs, rng, c, extra):
 
 
 def segmentation_loss(tm, b, temperature):
+    """Per-second cross-entropy of the linear head on the video tokens' states (sec. 4.2)."""
     h = tm.vlm.video_states(b["video"], b["video_mask"])[:, :b["video_mask"].shape[1]]  # (B, Tv, H)
     return frame_loss(tm.head(h), b["labels"]), {}
 
@@ -105,6 +112,7 @@ def segmentation_loss(tm, b, temperature):
 
 
 def localization_examples(data_dir, dataset, tok):
+    """CrossTask training windows, (Tv, K) step labels; extra: the tasks, their step texts encoded."""
     recs, tasks, store = data.load_crosstask(data_dir, "train")
     full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"], "task": r["task"]}
             for r in recs]
@@ -116,6 +124,7 @@ def localization_examples(data_dir, dataset, tok):
 
 
 def localization_batch(exs, rng, c, extra):
+    """Windows + every window's K step texts, padded to the batch's largest K with lone [SEP]s."""
     tasks = extra
     b = data.collate_pairs([e["feat"] for e in exs], [[c.sep_token_id]] * len(exs), pad_id=c.pad_token_id)
     K = max(len(tasks[e["task"]]["steps"]) for e in exs)
@@ -134,6 +143,7 @@ def localization_batch(exs, rng, c, extra):
 
 
 def localization_loss(tm, b, temperature):
+    """BCE on frame x step dot products over real (frame, step) pairs (sec. 4.3)."""
     B, K = b["targets"].shape[0], b["K"]
     frames = tm.vlm.video_states(b["video"], b["video_mask"])[:, :b["video_mask"].shape[1]]  # (B, Tv, H)
     steps = tm.vlm.encode_text(b["step_ids"], b["step_text_mask"]).view(B, K, -1)  # (B, K, H)
@@ -146,12 +156,14 @@ def localization_loss(tm, b, temperature):
 
 
 def captioning_examples(data_dir, dataset, tok):
+    """YouCook2 captioning clips: features and one caption of at most 60 pieces (+ BOS / [SEP] = 61)."""
     recs, store = data.load_captioning(data_dir, "train")
     ids, trunc = data.encode_texts(tok, [r["text"] for r in recs], max_len=60)  # + BOS / [SEP] = 61
     return [{"video": evaluate.record_clip(store, r), "text": t} for r, t in zip(recs, ids)], None, 0, trunc
 
 
 def captioning_batch(exs, rng, c, extra):
+    """text_ids = [CLS] + caption, labels = caption + [SEP] (B, L); -100 on padding."""
     # input right-shifted (BOS = [CLS]); the final [SEP] is the end token to predict
     text_in = [[c.cls_token_id] + e["text"] for e in exs]
     b = data.collate_pairs([e["video"] for e in exs], text_in, pad_id=c.pad_token_id)
@@ -162,6 +174,7 @@ def captioning_batch(exs, rng, c, extra):
 
 
 def captioning_loss(tm, b, temperature):
+    """Next-token cross-entropy through BERT's LM head under the captioning mask (sec. 4.5)."""
     logits = tm.vlm.caption_logits(b["video"], b["video_mask"], b["text_ids"], b["text_mask"])  # (B, L, V)
     return caption_loss(logits, b["labels"]), {}
 

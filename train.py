@@ -363,28 +363,35 @@ def finish(cfg, s, step, n_skipped):
 
 
 def main(argv=None):
+    """python train.py [--flags]: pre-train, returns the last step (tests call it with argv)."""
     cfg = parse_config(TrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0], ranges=RANGES)
     check_config(cfg)
     stop = StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
+    # setup: config, DDP, model, data, optimizer; then resume (OUT/ckpt.pt) if asked
     s = setup(cfg)
     step, n_skipped = resume(cfg, s)
+    # torch.compile and DDP wrap the model; checkpoints and validation use the raw one
     model = torch.compile(s.raw_model) if cfg.compile else s.raw_model
     objective = Objective(model, lambda m, b: s.loss_fn(m, b, s.gen))
     if s.ddp:
         objective = wrap_ddp(objective, s.device)
     log = StepLog(cfg, s, step) if s.master else None
     bad_in_row, stopped = 0, False
+    # the loop: batch -> loss -> step -> log -> validate -> save, until --max_steps / --epochs or a stop
     while step < s.total and not stopped:
         epoch = step // s.per_epoch
+        # the loader skips the batches already seen this epoch, so a resumed run sees the same data
         loader = iter(s.train_data.loader(cfg.batch_videos, epoch=epoch, rank=s.rank, world_size=s.world,
                                           start_batch=(step % s.per_epoch) * cfg.grad_accum,
                                           num_workers=cfg.num_workers))
         for _ in range(step % s.per_epoch, s.per_epoch):
             lr = set_lr(s.optimizer, lr_at(step, cfg.lr, cfg.warmup, s.total))
+            # --grad_accum micro-batches, each of batch_videos x clips_per_video clips (data.PretrainData)
             batches = [to_device(next(loader), s.device) for _ in range(cfg.grad_accum)]
             loss, stats, finite = optimizer_step(objective, batches, s.optimizer, s.scaler, s.ctx, cfg.grad_clip,
                                                  s.ddp)
             step += 1
+            # a non-finite loss or gradient skips the step (no update); too many in a row stop the run
             bad_in_row, n_skipped = (0, n_skipped) if finite else (bad_in_row + 1, n_skipped + 1)
             if not finite and s.master:
                 print(f"step {step}: non-finite loss or gradient, step skipped ({n_skipped} so far)")
@@ -398,6 +405,7 @@ def main(argv=None):
                 log.step(step, epoch, loss, lr, stats, n_skipped, last)
             if step % cfg.ckpt_every == 0 or last:
                 save_checkpoint(cfg, s, step, n_skipped)
+            # Ctrl-C / SIGTERM on any rank (or --stop_after): every rank saves and stops at this step
             if any_rank(stop.stop, s.ddp, s.device) or step == cfg.stop_after:
                 save_checkpoint(cfg, s, step, n_skipped)
                 if s.master:
@@ -406,6 +414,7 @@ def main(argv=None):
                 break
             if last:
                 break
+    # the end: OUT/model, the probes, and a non-zero exit if a signal stopped the run
     if log:
         log.close()
     finish(cfg, s, step, n_skipped)
