@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+BETA2 = 0.98  # Adam's beta2 in pre-training and fine-tuning (sec. 5.2; BERT's is 0.999)
+
 
 def setup_distributed():
     """DDP only when torchrun set RANK; returns (ddp, rank, world_size, device)."""

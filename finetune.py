@@ -34,8 +34,8 @@ import vlm as vlm_module
 from checkpoint import (CheckpointError, atomic_save, checkpoint_kind, load_checkpoint, load_finetuned, load_model,
                         load_state_checked, trained_tokenizer)
 from common import amp_setup, cli, parse_config
-from engine import (Objective, StopFlag, any_rank, exit_if_stopped, lr_at, make_optimizer, optimizer_step, set_lr,
-                    setup_distributed, to_device, wrap_ddp)
+from engine import (BETA2, Objective, StopFlag, any_rank, exit_if_stopped, lr_at, make_optimizer, optimizer_step,
+                    set_lr, setup_distributed, to_device, wrap_ddp)
 from tasks import TASKS, frames_batch, frames_loss, task_loss
 from train import RANGES, ensure_world, scratch_word_init
 from vlm import TaskModel
@@ -63,7 +63,6 @@ class FinetuneConfig:
     batch_size: int = 32  # examples per batch per process (clips, windows or captions)
     lr: float = 2e-4  # peak learning rate (paper: 5e-5 for bert-base)
     warmup: int = 122  # warm-up steps (sec. 5.2), capped at a tenth of all steps for short runs
-    beta2: float = 0.98  # Adam beta2
     grad_clip: float = 2.0  # gradient norm clip
     # DDP / precision
     dtype: str = "auto"  # float32 | bfloat16 | float16; auto = bf16 on GPU, fp32 on CPU
@@ -115,7 +114,7 @@ def setup_run(cfg, task, dist_state, dataset):
         print(f"{r.name}: {trunc} training texts were longer than the text budget and were truncated")
     r.model = TaskModel(base, r.num_classes).to(device)  # + a linear head for segmentation
     r.model.cosine = cfg.temperature > 0  # evaluate.run_task ranks by cosine similarity then
-    r.optimizer = make_optimizer(r.model, cfg.lr, cfg.beta2, device)
+    r.optimizer = make_optimizer(r.model, cfg.lr, BETA2, device)
     # linear warm-up then decay over all steps (sec. 5.2); the warm-up is at most a tenth of a short run
     per_epoch = len(batch_order(len(r.train_ex), cfg.batch_size, 0, cfg.seed, rank, world))
     r.epochs = cfg.epochs or TASKS[task].epochs
@@ -337,7 +336,7 @@ def run_frames(cfg, task, dist_state, verbose=True):
     exs = [{"video_id": r["video_id"], "texts": data.encode_texts(tok, r["texts"], mc.max_text_len - 2)[0]}
            for r in recs]
     model = TaskModel(base).to(device)  # no head: both tasks compare pooled text and video vectors
-    optimizer = make_optimizer(model, cfg.lr, cfg.beta2, device)
+    optimizer = make_optimizer(model, cfg.lr, BETA2, device)
     per_epoch = len(batch_order(len(exs), cfg.batch_size, 0, cfg.seed, rank, world))
     epochs = cfg.epochs or TASKS[task].epochs
     total, step, best = per_epoch * epochs, 0, -float("inf")

@@ -40,7 +40,7 @@ from checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_mode
                         save_model_dir)
 from common import amp_setup, cli, parse_config
 from data import DataError, FramePretrainData, PretrainData
-from engine import (Objective, StopFlag, any_rank, bad_step_message, exit_if_stopped, lr_at, make_optimizer,
+from engine import (BETA2, Objective, StopFlag, any_rank, bad_step_message, exit_if_stopped, lr_at, make_optimizer,
                     optimizer_step, rng_state, set_lr, set_rng_state, setup_distributed, to_device, wrap_ddp)
 from losses import allinone_loss, pretrain_loss
 from tokens import load_tokenizer, special_ids
@@ -93,9 +93,8 @@ class TrainConfig:
     epochs: int = 7  # passes over the pre-training videos
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all --epochs)
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 5e-4  # peak learning rate (paper: 5e-5 from BERT)
+    lr: float = 5e-4  # peak learning rate of Adam (0.9, 0.98), eps 1e-8, no weight decay (paper: 5e-5 from BERT)
     warmup: int = 30  # linear warm-up steps (paper: 1000), then linear decay to 0
-    beta2: float = 0.98  # Adam beta2 (beta1 = 0.9, eps = 1e-8, no weight decay)
     grad_clip: float = 2.0  # clip the gradient norm at this value (0 = off)
     max_bad_steps: int = 8  # stop after this many non-finite steps in a row
     # DDP / precision
@@ -111,7 +110,7 @@ PRESETS = {
 # valid range of each numeric flag, checked where it is parsed: (low, high, low excluded)
 RANGES = dict(layers=(1, None), hidden=(1, None), heads=(1, None), word_init=(0, None), max_steps=(0, None),
               epochs=(1, None), batch_videos=(1, None), clips_per_video=(1, None), grad_accum=(1, None),
-              num_workers=(0, None), lr=(0, None, True), warmup=(0, None), beta2=(0, 1, True), grad_clip=(0, None),
+              num_workers=(0, None), lr=(0, None, True), warmup=(0, None), grad_clip=(0, None),
               mmm_prob=(0, 1), min_text_len=(1, None), max_text_len=(1, None), log_every=(1, None),
               eval_every=(0, None), eval_batches=(1, None), ckpt_every=(1, None), stop_after=(0, None),
               max_bad_steps=(1, None), batch_size=(1, None))
@@ -249,7 +248,7 @@ def setup(cfg):
         raise SystemExit(f"{cfg.data}: {s.train_data.num_videos} training videos are too few for "
                          f"{world_size} x {cfg.batch_videos} videos x {cfg.grad_accum} micro-steps per step")
     s.total = cfg.max_steps or s.per_epoch * cfg.epochs
-    s.optimizer = make_optimizer(s.raw_model, cfg.lr, cfg.beta2, device)
+    s.optimizer = make_optimizer(s.raw_model, cfg.lr, BETA2, device)
     s.gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)  # masking draws
     s.loss_fn, s.ckpt_path = make_loss_fn(cfg), os.path.join(cfg.out, "ckpt.pt")
     return s
