@@ -73,8 +73,9 @@ def field_help(cls):
 
 def parse_config(cls, argv=None, presets=None, description="", ranges=None):
     """argparse over the fields of a config dataclass; a --preset (if any) changes defaults, flags win.
-    Numeric flags named in `ranges` ({flag: (low, high[, low excluded])}) are checked as they are parsed."""
-    helps, ranges = field_help(cls), ranges or {}
+    Numeric flags named in `ranges` ({flag: (low, high[, low excluded])}, default the class's `ranges`) are
+    checked as they are parsed."""
+    helps, ranges = field_help(cls), getattr(cls, "ranges", {}) if ranges is None else ranges
 
     def build(defaults):
         p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)

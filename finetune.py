@@ -24,6 +24,7 @@ import os
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from vlm import TaskModel
 
 @dataclass
 class FinetuneConfig:
+    ranges: ClassVar[dict] = {**RANGES, "epochs": (0, None), "temperature": (0, None)}  # --epochs 0: the default
     # I/O
     task: str = "retrieval"  # retrieval | qa | segmentation | localization | captioning | all
     dataset: str = "youcook2"  # retrieval data: youcook2 | msrvtt (qa always uses msrvtt)
@@ -416,8 +418,7 @@ def run_frames_all(cfg, dist_state):
 
 def main(argv=None):
     """python finetune.py [--flags]: one task (run), every task (run_all) or the frames model's (run_frames)."""
-    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0],
-                       ranges={**RANGES, "epochs": (0, None), "temperature": (0, None)})  # --epochs 0: the default
+    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0])
     if cfg.seeds and not all(x.strip().isdigit() for x in cfg.seeds.split(",")):
         raise SystemExit(f"--seeds {cfg.seeds!r}: give comma-separated non-negative integers, e.g. 0,1,2")
     if cfg.task not in (*TASKS, "all"):

@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from types import SimpleNamespace
 
 import numpy as np
@@ -49,8 +50,18 @@ from tokens import load_tokenizer, special_ids
 # configuration: each field is a flag (--name); its trailing comment is its --help text
 
 
+# valid range of each numeric flag, checked where it is parsed: (low, high, low excluded)
+RANGES = dict(layers=(1, None), hidden=(1, None), heads=(1, None), word_init=(0, None), max_steps=(0, None),
+              epochs=(1, None), batch_videos=(1, None), clips_per_video=(1, None), grad_accum=(1, None),
+              num_workers=(0, None), lr=(0, None, True), warmup=(0, None), grad_clip=(0, None),
+              mmm_prob=(0, 1), min_text_len=(1, None), max_text_len=(1, None), log_every=(1, None),
+              eval_every=(0, None), eval_batches=(1, None), ckpt_every=(1, None), stop_after=(0, None),
+              max_bad_steps=(1, None), batch_size=(1, None))
+
+
 @dataclass
 class TrainConfig:
+    ranges: ClassVar[dict] = RANGES  # checked as flags are parsed (common.parse_config)
     # I/O
     data: str = "data/world"  # data directory (the built-in world is built here if it is missing)
     synth_size: str = "default"  # size of the built-in world built if --data is missing: tiny | default
@@ -106,15 +117,6 @@ PRESETS = {
     # sec. 5.2: bert-base, 8 videos x 32 clips per GPU, Adam (0.9, 0.98), lr 5e-5, 1000 warm-up, 15 epochs
     "paper": dict(batch_videos=8, clips_per_video=32, lr=5e-5, warmup=1000, epochs=15, grad_clip=2.0),
 }
-
-# valid range of each numeric flag, checked where it is parsed: (low, high, low excluded)
-RANGES = dict(layers=(1, None), hidden=(1, None), heads=(1, None), word_init=(0, None), max_steps=(0, None),
-              epochs=(1, None), batch_videos=(1, None), clips_per_video=(1, None), grad_accum=(1, None),
-              num_workers=(0, None), lr=(0, None, True), warmup=(0, None), grad_clip=(0, None),
-              mmm_prob=(0, 1), min_text_len=(1, None), max_text_len=(1, None), log_every=(1, None),
-              eval_every=(0, None), eval_batches=(1, None), ckpt_every=(1, None), stop_after=(0, None),
-              max_bad_steps=(1, None), batch_size=(1, None))
-
 
 def check_config(cfg):
     """The checks argparse cannot make alone (choices and pairs of flags)."""
@@ -363,7 +365,7 @@ def finish(cfg, s, step, n_skipped):
 
 def main(argv=None):
     """python train.py [--flags]: pre-train, returns the last step (tests call it with argv)."""
-    cfg = parse_config(TrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0], ranges=RANGES)
+    cfg = parse_config(TrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0])
     check_config(cfg)
     stop = StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
     # setup: config, DDP, model, data, optimizer; then resume (OUT/ckpt.pt) if asked
