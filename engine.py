@@ -137,6 +137,7 @@ def optimizer_step(objective, batches, optimizer, scaler, ctx, grad_clip, ddp):
     unscale -> clip -> (skip if non-finite) step -> update -> zero_grad. Returns (loss, stats, finite)."""
     n = len(batches)
     total, stats = 0.0, {}
+    # micro-batches: gradients accumulate; under DDP only the last backward all-reduces them
     for i, batch in enumerate(batches):
         sync = nullcontext() if (not ddp or i == n - 1) else objective.no_sync()
         with sync:
@@ -146,6 +147,7 @@ def optimizer_step(objective, batches, optimizer, scaler, ctx, grad_clip, ddp):
         total += loss.item() / n
         for k, v in st.items():
             stats[k] = stats.get(k, 0) + v
+    # fp16: unscale before clipping so the clip sees true gradient norms (a no-op without a GradScaler)
     scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))

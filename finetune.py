@@ -334,6 +334,7 @@ def run_frames(cfg, task, dist_state, verbose=True):
     name = ("retrieval-msrvtt" if task == "retrieval" else "qa") + "-frames" + ("-scratch" if cfg.scratch else "")
     out, ctx, scaler, base, tok = start_run(cfg, name, rank, device)
     mc = base.config
+    # MSR-VTT training videos as video files (docs/allinone.md); captions cut to the text budget
     recs, store = data.load_retrieval(cfg.data, "msrvtt", "train", videos=True)
     exs = [{"video_id": r["video_id"], "texts": data.encode_texts(tok, r["texts"], mc.max_text_len - 2)[0]}
            for r in recs]
@@ -352,6 +353,7 @@ def run_frames(cfg, task, dist_state, verbose=True):
         rng, losses = np.random.default_rng([cfg.seed, epoch, rank]), []
         for idx in batch_order(len(exs), cfg.batch_size, epoch, cfg.seed, rank, world):
             set_lr(optimizer, lr_at(step, cfg.lr, warmup, total))
+            # frames (B, T, 3, S, S) decoded here, T frames from T segments of each whole video
             batch = to_device(frames_batch([exs[i] for i in idx], store, mc, rng), device)
             loss, _, _ = optimizer_step(objective, [batch], optimizer, scaler, ctx, cfg.grad_clip, ddp)
             losses.append(loss)
@@ -369,6 +371,7 @@ def run_frames(cfg, task, dist_state, verbose=True):
             if verbose:
                 print(f"{name} epoch {epoch}: train loss {rec['loss']:.4f} | val " +
                       " ".join(f"{k} {v:.3f}" for k, v in val.items()))
+            # keep the best epoch on validation: R@1 for retrieval, accuracy for multiple-choice QA
             if val["R1" if task == "retrieval" else "acc"] > best:
                 best = val["R1" if task == "retrieval" else "acc"]
                 atomic_save({"task": task, "dataset": "msrvtt", "model_config": dataclasses.asdict(mc),
