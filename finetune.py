@@ -1,6 +1,6 @@
 """
 Fine-tuning (paper sec. 4, Fig. 3; Tables 2-7): one encoder for five downstream tasks, switched by attention
-masks (docs/method.md §3). Each task is one section below: its training examples, its batch, its loss.
+masks (docs/method.md §2, §5). Each task is one section of tasks.py: its training examples, batch and loss.
 
   retrieval     (sec. 4.1)  isolated mask; pooled text vs pooled video; in-batch CE text->video
   qa            (sec. 4.4)  isolated mask; trained as video->text contrastive on retrieval captions

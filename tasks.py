@@ -1,5 +1,5 @@
 """
-The downstream tasks of fine-tuning (paper sec. 4, Fig. 3; docs/method.md §3), one section each: how the
+The downstream tasks of fine-tuning (paper sec. 4, Fig. 3; docs/method.md §5), one section each: how the
 training split becomes examples (docs/data_formats.md), how examples become a batch, and the loss. finetune.py
 runs them; validation and test go through evaluate.run_task, which selects on evaluate.SELECT[task].
 
@@ -189,7 +189,7 @@ TASKS = {
 
 
 def task_loss(task, temperature=0.0):
-    """loss_fn(task_model, batch) -> (loss, stats) for the task (docs/method.md §3, fine-tuning losses)."""
+    """loss_fn(task_model, batch) -> (loss, stats) for the task (docs/method.md §5)."""
     return lambda tm, b: TASKS[task].loss(tm, b, temperature)
 
 

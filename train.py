@@ -1,7 +1,8 @@
 """
 Pre-training (paper sec. 3 and 5.2): masked modality modelling (MMM, sec. 3.2) and the masked token loss L_VLM
 (sec. 3.3, Eq. 8-9), or the MFM + MLM baseline (Eq. 5-7); with `--model allinone` the raw-frames All-in-One
-model (allinone.py, docs/allinone.md) with VTM + MLM (+ VTC). Method: docs/method.md §1-2; data: docs/data_formats.md.
+model (allinone.py, docs/allinone.md) with VTM + MLM (+ VTC). Method: docs/method.md §1-4 (§6 All-in-One);
+data: docs/data_formats.md.
 
   python train.py                                        # small model from scratch on the built-in world
   python train.py --max_steps 20 --layers 1 --hidden 32 --heads 2 --out /tmp/p   # a smoke run (seconds)
