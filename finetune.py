@@ -363,7 +363,7 @@ def run_frames(cfg, task, dist_state, verbose=True):
                     print(f"{name}: stopped at step {step}; best so far in {best_path} (if any)")
                     log.close()
                 return None
-        if master:  # model selection on the validation split
+        if master:  # model selection on the validation split: R@1 (retrieval) or accuracy (qa)
             val = evaluate.run_frames_task(task, model, cfg.data, "val", tok, device, ctx)
             rec = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "val": val, "seconds": time.time() - t0}
             log.write(json.dumps(rec) + "\n")
@@ -371,7 +371,6 @@ def run_frames(cfg, task, dist_state, verbose=True):
             if verbose:
                 print(f"{name} epoch {epoch}: train loss {rec['loss']:.4f} | val " +
                       " ".join(f"{k} {v:.3f}" for k, v in val.items()))
-            # keep the best epoch on validation: R@1 for retrieval, accuracy for multiple-choice QA
             if val["R1" if task == "retrieval" else "acc"] > best:
                 best = val["R1" if task == "retrieval" else "acc"]
                 atomic_save({"task": task, "dataset": "msrvtt", "model_config": dataclasses.asdict(mc),
