@@ -105,7 +105,7 @@ def load_checkpoint(path, need=("model", "model_config")):
     """Read a checkpoint of this project -> dict. `path` is a file written by torch.save (train.py's ckpt.pt,
     finetune.py's best.pt / ckpt.pt) or a model directory written by save_model_dir (config.json + model.pt, returned
     as {"model_config", "model", "dir"}); a directory holding only ckpt.pt reads that. The one loader behind
-    --resume, --init, --init_from (for model directories) and evaluate.py --ckpt: every failure is a
+    --resume, --init (finetune.py; train.py for a model directory) and evaluate.py --ckpt: every failure is a
     CheckpointError naming the file (missing, empty, truncated, not a checkpoint, lacking a key in `need`)."""
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "model.pt")) \
             and os.path.exists(os.path.join(path, "ckpt.pt")):
@@ -225,3 +225,16 @@ def load_finetuned(path, device="cpu", task=None):
     if ck.get("tokenizer"):
         model.tokenizer = Tokenizer.from_str(ck["tokenizer"])
     return model.to(device).eval()
+
+
+def checkpoint_kind(path):
+    """'allinone' or 'vlm': the model kind a checkpoint's config records."""
+    cfg = os.path.join(path, "config.json") if os.path.isdir(path) else None
+    if cfg and os.path.exists(cfg):
+        with open(cfg) as f:
+            return json.load(f).get("model", "vlm")
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.exists(path):
+        return "vlm"  # load_model reports the missing checkpoint
+    return load_checkpoint(path)["model_config"].get("model", "vlm")

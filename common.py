@@ -3,8 +3,11 @@
     cli(main, errors)        run a script's main(): a bad file or flag is one `error: ...` line and exit 1
     flag_type(name, int, 1)  an argparse type whose error names the flag and its range
     amp_setup(dtype, device) (dtype, autocast context, GradScaler): bf16 on a GPU that has it, fp16 + scaler
+    parse_config(Config, argv) a config dataclass from the command line: a flag per field, its comment the --help
 """
 import argparse
+import dataclasses
+import inspect
 import math
 import sys
 from contextlib import nullcontext
@@ -56,3 +59,41 @@ def amp_setup(dtype, device):
     ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     return dtype, ctx, scaler
+
+
+def field_help(cls):
+    """The trailing comment of each dataclass field, used as its --help text (one source of truth)."""
+    helps = {}
+    for line in inspect.getsource(cls).splitlines():
+        line = line.strip()
+        if ":" in line and "#" in line and not line.startswith("#"):
+            helps[line.split(":")[0].strip()] = line.split("#", 1)[1].strip()
+    return helps
+
+
+def parse_config(cls, argv=None, presets=None, description="", ranges=None):
+    """argparse over the fields of a config dataclass; a --preset (if any) changes defaults, flags win.
+    Numeric flags named in `ranges` ({flag: (low, high[, low excluded])}, default the class's `ranges`) are
+    checked as they are parsed."""
+    helps, ranges = field_help(cls), getattr(cls, "ranges", {}) if ranges is None else ranges
+
+    def build(defaults):
+        p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        for f in dataclasses.fields(cls):
+            default, text = defaults.get(f.name, f.default), helps.get(f.name, "")
+            if f.type in (bool, "bool"):
+                p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=default, help=text)
+                continue
+            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            if f.name in ranges and typ in (int, float):
+                typ = flag_type(f.name, typ, *ranges[f.name])
+            p.add_argument(f"--{f.name}", type=typ, default=default, help=text)
+        return p
+
+    args = build({}).parse_args(argv)
+    preset = getattr(args, "preset", "")
+    if preset:
+        if preset not in (presets or {}):
+            raise SystemExit(f"--preset {preset!r}: unknown preset, choose from {sorted(presets or {})}")
+        args = build(presets[preset]).parse_args(argv)
+    return cls(**vars(args))

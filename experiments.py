@@ -33,7 +33,9 @@ from checkpoint import CheckpointError, load_model, trained_tokenizer
 from common import amp_setup, cli
 from evaluate import PAPER, record_clip
 from metrics import caption_metrics, even_steps_recall, frame_accuracy, mc_accuracy, paper_scale, retrieval_metrics
-from train import StopFlag
+from common import parse_config
+from engine import StopFlag, exit_if_stopped, setup_distributed
+from checkpoint import checkpoint_kind
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -382,13 +384,13 @@ def run_ablation(argv=None):
     a = p.parse_args(argv)
     pre_extra, ft_extra = shlex.split(a.pretrain_args), shlex.split(a.finetune_args)
     results = {v: [] for v in a.variants}
-    dist_state = (False, 0, 1, train.setup_distributed()[3])
+    dist_state = (False, 0, 1, setup_distributed()[3])
     for seed in a.seeds:
         for v in a.variants:
             run_dir = os.path.join(a.out, f"{v}-seed{seed}")
             train.main(["--data", a.data, "--out", os.path.join(run_dir, "pretrain"), "--seed", str(seed)]
                        + VARIANTS[v][1] + pre_extra)
-            cfg = finetune.parse_config(finetune.FinetuneConfig, ["--data", a.data, "--seed", str(seed),
+            cfg = parse_config(finetune.FinetuneConfig, ["--data", a.data, "--seed", str(seed),
                                         "--init", os.path.join(run_dir, "pretrain", "model"),
                                         "--out", os.path.join(run_dir, "finetune")] + ft_extra)
             r = {**finetune.run(cfg, "retrieval", dist_state, dataset="youcook2"),
@@ -419,18 +421,17 @@ def main(argv=None):
         return run_ablation(argv)
     if any(x == "--task" or x.startswith("--task=") for x in argv):
         raise SystemExit("experiments.py runs every task; fine-tune one with python finetune.py --task TASK")
-    cfg = train.parse_config(finetune.FinetuneConfig, argv, description=__doc__.split("\n\n")[0],
-                             ranges=finetune.FINETUNE_RANGES)
+    cfg = parse_config(finetune.FinetuneConfig, argv, description=__doc__.split("\n\n")[0])
     if cfg.seeds and not all(x.strip().isdigit() for x in cfg.seeds.split(",")):
         raise SystemExit(f"--seeds {cfg.seeds!r}: give comma-separated non-negative integers, e.g. 0,1,2")
     StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
-    dist_state = train.setup_distributed()
-    kind = finetune.checkpoint_kind(cfg.init) if cfg.model == "auto" else cfg.model
+    dist_state = setup_distributed()
+    kind = checkpoint_kind(cfg.init) if cfg.model == "auto" else cfg.model
     train.ensure_world(cfg.data, cfg.synth_size, cfg.seed, dist_state[1] == 0, dist_state[0],
                        video=kind == "allinone")
     # raw frames: MSR-VTT-like retrieval and multiple-choice QA; VLM: all five tasks
     result = run_frames_all(cfg, dist_state) if kind == "allinone" else run_all(cfg, dist_state)
-    train.exit_if_stopped()
+    exit_if_stopped()
     return result
 
 

@@ -1,6 +1,6 @@
 """
-Fine-tuning VLM on the five downstream tasks (paper sec. 4, Fig. 3; Tables 2-7), one encoder switched by
-attention masks:
+Fine-tuning (paper sec. 4, Fig. 3; Tables 2-7): one encoder for five downstream tasks, switched by attention
+masks (docs/method.md §2, §5). Each task is one section of tasks.py: its training examples, batch and loss.
 
   retrieval     (sec. 4.1)  isolated mask; pooled text vs pooled video; in-batch CE text->video
   qa            (sec. 4.4)  isolated mask; trained as video->text contrastive on retrieval captions
@@ -9,12 +9,13 @@ attention masks:
   captioning    (sec. 4.5)  captioning mask; right-shifted text; BERT's LM head; next-token CE
 
   python finetune.py --task retrieval --init out/pretrain/model --data data/world --out out/ft
+  python finetune.py --task captioning --scratch          # the same architecture without pre-training
   torchrun --standalone --nproc_per_node=2 finetune.py --task retrieval
   python finetune.py --task qa --init out/allinone/model --data data/world_video    # All-in-One from frames
 
 Optimisation as sec. 5.2 (Adam (0.9, 0.98), linear warm-up of 122 steps then linear decay, clip 2.0), the
-DDP / AMP / checkpoint machinery of train.py, and model selection on the validation split (never on test):
-the best epoch on validation is kept in OUT/<task>/best.pt and then evaluated once on test by evaluate.py.
+DDP / AMP machinery of engine.py, and model selection on the validation split (never on test): the best
+epoch on validation is kept in OUT/<run>/best.pt and then evaluated once on test by evaluate.py.
 Every task at once, both rows and the results table: python experiments.py.
 """
 import dataclasses
@@ -22,174 +23,52 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import data
 import evaluate
 import vlm as vlm_module
-from checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_finetuned, load_model,
+from checkpoint import (CheckpointError, atomic_save, checkpoint_kind, load_checkpoint, load_finetuned, load_model,
                         load_state_checked, trained_tokenizer)
-from common import amp_setup, cli
-from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
-import readers
-from train import (RANGES, Objective, StopFlag, any_rank, ensure_world, exit_if_stopped, lr_at, make_optimizer,
-                   optimizer_step, parse_config, setup_distributed, to_device, wrap_ddp)
+from common import amp_setup, cli, parse_config
+from engine import (BETA2, Objective, StopFlag, any_rank, exit_if_stopped, lr_at, make_optimizer, optimizer_step,
+                    set_lr, setup_distributed, to_device, wrap_ddp)
+from tasks import TASKS, frames_batch, frames_loss, task_loss
+from train import RANGES, ensure_world, scratch_word_init
 from vlm import TaskModel
-
-TASKS = ("retrieval", "qa", "segmentation", "localization", "captioning")
-# default passes over each task's training set on the built-in world (--epochs overrides)
-EPOCHS = {"retrieval": 8, "qa": 8, "segmentation": 6, "localization": 4, "captioning": 8}
-# the flags' ranges (finetune.py and experiments.py); here --epochs 0 = the task's default
-FINETUNE_RANGES = {**RANGES, "epochs": (0, None), "temperature": (0, None), "scratch_word_init": (0, None)}
 
 
 @dataclass
 class FinetuneConfig:
+    ranges: ClassVar[dict] = {**RANGES, "epochs": (0, None), "temperature": (0, None)}  # --epochs 0: the default
+    # I/O
     task: str = "retrieval"  # retrieval | qa | segmentation | localization | captioning
     dataset: str = "youcook2"  # retrieval data: youcook2 | msrvtt (qa always uses msrvtt)
-    init: str = "out/pretrain/model"  # pre-trained model (directory or ckpt.pt)
-    scratch: bool = False  # ignore the pre-trained weights: same architecture, random init (the no-pre-training row)
-    scratch_word_init: float = 0.3  # std of the --scratch row's word embeddings (train.py's --word_init: rows start alike)
     data: str = "data/world"  # data directory
+    synth_size: str = "default"  # size of the built-in world built if --data is missing
     out: str = "out/finetune"  # output directory; each run writes OUT/<run>/{best.pt, log.jsonl, test.json}
-    epochs: int = 0  # passes over the training set (0 = the task's default in EPOCHS)
-    batch_size: int = 32  # examples per batch per process (clips, windows or captions)
-    lr: float = 2e-4  # peak learning rate (paper: 5e-5 for bert-base)
-    temperature: float = 0.0  # retrieval / QA logits: 0 = raw dot products (paper, released code); t > 0 = cosine / t
-    warmup: int = 122  # warm-up steps (sec. 5.2), capped at a tenth of all steps for short runs
-    beta2: float = 0.98  # Adam beta2
-    grad_clip: float = 2.0  # gradient norm clip
-    dtype: str = "auto"  # float32 | bfloat16 | float16; auto = bf16 on GPU, fp32 on CPU
-    compile: bool = False  # torch.compile the model (GPU)
     resume: bool = False  # continue from OUT/<run>/ckpt.pt (written at every epoch end)
     seed: int = 0  # random seed
     seeds: str = ""  # experiments.py: comma-separated fine-tuning seeds (e.g. 0,1,2); the table shows mean +- std over them
-    synth_size: str = "default"  # size of the built-in world built if --data is missing
+    # model
+    init: str = "out/pretrain/model"  # pre-trained model (directory or ckpt.pt)
     model: str = "auto"  # auto (the kind the --init checkpoint records) | vlm | allinone (raw frames)
-
-
-# -----------------------------------------------------------------------------------------------------------
-# training examples per task (validation and test go through evaluate.py's runners)
-
-
-def retrieval_examples(data_dir, dataset, tok, split):
-    recs, store = readers.load_retrieval(data_dir, dataset, split)
-    out, trunc = [], 0
-    for r in recs:
-        ids, n = data.encode_texts(tok, r["texts"])
-        trunc += n
-        out.append({"video": evaluate.record_clip(store, r), "texts": ids})
-    return out, trunc
-
-
-def window_examples(records, stride, size=32):
-    """Whole videos cut into windows of `size` seconds (sec. 4.2: stride 8 for training)."""
-    out = []
-    for r in records:
-        for s in evaluate.windows(len(r["feat"]), size=size, stride=stride):
-            out.append({**r, "feat": r["feat"][s:s + size], "labels": r["labels"][s:s + size]})
-    return out
-
-
-def segmentation_examples(data_dir, split):
-    recs, store, num_classes = readers.load_coin(data_dir, split)
-    full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"]} for r in recs]
-    return window_examples(full, stride=8), num_classes
-
-
-def localization_examples(data_dir, split):
-    recs, tasks, store = readers.load_crosstask(data_dir, split)
-    full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"], "task": r["task"]}
-            for r in recs]
-    return window_examples(full, stride=16), tasks  # CrossTask windows: the test stride, half the windows
-
-
-def captioning_examples(data_dir, tok, split):
-    recs, store = readers.load_captioning(data_dir, split)
-    ids, trunc = data.encode_texts(tok, [r["text"] for r in recs], max_len=60)  # + BOS / [SEP] = 61
-    return [{"video": evaluate.record_clip(store, r), "text": t} for r, t in zip(recs, ids)], trunc
-
-
-# -----------------------------------------------------------------------------------------------------------
-# batches and losses
-
-
-def make_batch(task, exs, rng, c, extra):
-    """Collate examples of `task` into a batch; c is the model config (special token ids)."""
-    if task in ("retrieval", "qa"):
-        texts = [e["texts"][rng.integers(len(e["texts"]))] for e in exs]  # one caption per video visit
-        return data.collate_pairs([e["video"] for e in exs], texts, pad_id=c.pad_token_id)
-    if task == "segmentation":
-        b = data.collate_pairs([e["feat"] for e in exs], [[c.sep_token_id]] * len(exs), pad_id=c.pad_token_id)
-        labels = torch.full(b["video_mask"].shape, -100, dtype=torch.long)
-        for i, e in enumerate(exs):
-            labels[i, :len(e["labels"])] = torch.as_tensor(e["labels"], dtype=torch.long)
-        return {**b, "labels": labels}
-    if task == "localization":
-        tasks = extra
-        b = data.collate_pairs([e["feat"] for e in exs], [[c.sep_token_id]] * len(exs), pad_id=c.pad_token_id)
-        K = max(len(tasks[e["task"]]["steps"]) for e in exs)
-        targets = torch.zeros(len(exs), b["video_mask"].shape[1], K)
-        step_mask = torch.zeros(len(exs), K, dtype=torch.bool)
-        step_ids = []
-        for i, e in enumerate(exs):
-            k = e["labels"].shape[1]
-            targets[i, :len(e["labels"]), :k] = torch.as_tensor(e["labels"])
-            step_mask[i, :k] = True
-            steps = tasks[e["task"]]["step_ids"]
-            step_ids += steps + [[c.sep_token_id]] * (K - len(steps))
-        s = data.collate_pairs([np.zeros((1, 512), np.float32)] * len(step_ids), step_ids, pad_id=c.pad_token_id)
-        return {**b, "targets": targets, "step_mask": step_mask, "step_ids": s["text_ids"],
-                "step_text_mask": s["text_mask"], "K": K}
-    if task == "captioning":
-        # sec. 4.5: input right-shifted (BOS = [CLS]); the final [SEP] is the end token to predict
-        text_in = [[c.cls_token_id] + e["text"] for e in exs]
-        b = data.collate_pairs([e["video"] for e in exs], text_in, pad_id=c.pad_token_id)
-        labels = torch.full(b["text_ids"].shape, -100, dtype=torch.long)
-        for i, e in enumerate(exs):
-            labels[i, :len(e["text"]) + 1] = torch.as_tensor(e["text"] + [c.sep_token_id])
-        return {**b, "labels": labels}
-    raise ValueError(task)
-
-
-def task_loss(task, temperature=0.0):
-    """loss_fn(task_model, batch) -> (loss, stats) for the task (docs/method.md §3, fine-tuning losses). temperature > 0:
-    retrieval / QA logits are cosine similarities / temperature instead of the paper's raw dot products."""
-    def pair(tm, b):
-        t = tm.vlm.encode_text(b["text_ids"], b["text_mask"])  # (B, H)
-        v = tm.vlm.encode_video(b["video"], b["video_mask"])  # (B, H)
-        if temperature > 0:
-            t, v = F.normalize(t.float(), dim=-1) / temperature, F.normalize(v.float(), dim=-1)
-        return t, v
-
-    def retrieval(tm, b):
-        t, v = pair(tm, b)
-        return contrastive_loss(t, v), {}  # text -> video
-
-    def qa(tm, b):
-        t, v = pair(tm, b)
-        return contrastive_loss(v, t), {}  # video -> text: rank the answers for a video
-
-    def segmentation(tm, b):
-        h = tm.vlm.video_states(b["video"], b["video_mask"])[:, :b["video_mask"].shape[1]]  # (B, Tv, H)
-        return frame_loss(tm.head(h), b["labels"]), {}
-
-    def localization(tm, b):
-        B, K = b["targets"].shape[0], b["K"]
-        frames = tm.vlm.video_states(b["video"], b["video_mask"])[:, :b["video_mask"].shape[1]]  # (B, Tv, H)
-        steps = tm.vlm.encode_text(b["step_ids"], b["step_text_mask"]).view(B, K, -1)  # (B, K, H)
-        mask = b["video_mask"][:, :, None] & b["step_mask"][:, None, :]  # (B, Tv, K)
-        return step_bce_loss(frames, steps, b["targets"], mask), {}
-
-    def captioning(tm, b):
-        logits = tm.vlm.caption_logits(b["video"], b["video_mask"], b["text_ids"], b["text_mask"])
-        return caption_loss(logits, b["labels"]), {}
-
-    return {"retrieval": retrieval, "qa": qa, "segmentation": segmentation, "localization": localization,
-            "captioning": captioning}[task]
+    scratch: bool = False  # ignore the pre-trained weights: same architecture, random init (the no-pre-training row)
+    word_init: float = 0.3  # --scratch: std of the word-embedding init (as train.py's --word_init: rows start alike)
+    temperature: float = 0.0  # retrieval / QA logits: 0 = raw dot products (paper, released code); t > 0 = cosine / t
+    # optimizer (sec. 5.2)
+    epochs: int = 0  # passes over the training set (0 = the task's default, Task.epochs)
+    batch_size: int = 32  # examples per batch per process (clips, windows or captions)
+    lr: float = 2e-4  # peak learning rate (paper: 5e-5 for bert-base)
+    warmup: int = 122  # warm-up steps (sec. 5.2), capped at a tenth of all steps for short runs
+    grad_clip: float = 2.0  # gradient norm clip
+    # DDP / precision
+    dtype: str = "auto"  # float32 | bfloat16 | float16; auto = bf16 on GPU, fp32 on CPU
+    compile: bool = False  # torch.compile the model (GPU)
 
 
 def batch_order(n, batch_size, epoch, seed, rank, world):
@@ -201,7 +80,7 @@ def batch_order(n, batch_size, epoch, seed, rank, world):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# one fine-tuning run
+# one fine-tuning run: setup -> resume -> epochs (train -> validate -> keep the best) -> test once
 
 
 def start_run(cfg, name, rank, device):
@@ -215,128 +94,144 @@ def start_run(cfg, name, rank, device):
     if cfg.scratch:  # the same architecture, no pre-training
         torch.manual_seed(cfg.seed)
         base = type(base)(base.config)
-        if isinstance(base, vlm_module.VLM):  # the init pre-training starts from (train.build_model)
-            with torch.no_grad():  # not BERT's 0.02
-                base.bert.wte.weight.normal_(0.0, cfg.scratch_word_init)
-                base.bert.wte.weight[base.config.pad_token_id].zero_()
+        if isinstance(base, vlm_module.VLM):  # the word init pre-training starts from, not BERT's 0.02
+            scratch_word_init(base, cfg.word_init)
     return out, ctx, scaler, base, trained_tokenizer(cfg.init, cfg.data, base.config)
 
 
-def run(cfg, task, dist_state, dataset=None, verbose=True):
-    """Fine-tune one task, keep the best epoch on validation, evaluate it on test. Returns test metrics."""
+def setup_run(cfg, task, dist_state, dataset):
+    """Everything one run needs, in the order that fixes the random streams: OUT/<run>, the model, the training
+    examples, the task model (+ head), Adam, the schedule, the objective (compiled, DDP). Returns a namespace r."""
     ddp, rank, world, device = dist_state
-    master = rank == 0
-    dataset = dataset or ("msrvtt" if task == "qa" else cfg.dataset)
-    name = f"{task}-{dataset}" if task == "retrieval" else task
-    out, ctx, scaler, base, tok = start_run(cfg, name + ("-scratch" if cfg.scratch else ""), rank, device)
-    name = os.path.basename(out)
-    mc = base.config
-
-    extra, num_classes, trunc = None, 0, 0
-    if task in ("retrieval", "qa"):
-        train_ex, trunc = retrieval_examples(cfg.data, dataset, tok, "train")
-    elif task == "segmentation":
-        train_ex, num_classes = segmentation_examples(cfg.data, "train")
-    elif task == "localization":
-        train_ex, extra = localization_examples(cfg.data, "train")
-        for t in extra.values():
-            t["step_ids"], n = data.encode_texts(tok, t["steps"])
-            trunc += n
-    else:
-        train_ex, trunc = captioning_examples(cfg.data, tok, "train")
-    if not train_ex:
+    r = SimpleNamespace(task=task, ddp=ddp, rank=rank, world=world, device=device, master=rank == 0)
+    r.dataset = dataset or ("msrvtt" if task == "qa" else cfg.dataset)
+    name = f"{task}-{r.dataset}" if task == "retrieval" else task
+    r.out, r.ctx, r.scaler, base, r.tok = start_run(cfg, name + ("-scratch" if cfg.scratch else ""), rank, device)
+    r.name, r.mc = os.path.basename(r.out), base.config
+    # the task's training split as examples (tasks.py); extra: localization's tasks and their step texts
+    r.train_ex, r.extra, r.num_classes, trunc = TASKS[task].examples(cfg.data, r.dataset, r.tok)
+    if not r.train_ex:
         raise SystemExit(f"{cfg.data}: the {task} training split is empty")
-    if master and trunc:
-        print(f"{name}: {trunc} training texts were longer than the text budget and were truncated")
-
-    model = TaskModel(base, num_classes).to(device)
-    model.cosine = cfg.temperature > 0  # evaluate.run_task ranks by cosine similarity then
-    optimizer = make_optimizer(model, cfg.lr, cfg.beta2, device)
-    per_epoch = len(batch_order(len(train_ex), cfg.batch_size, 0, cfg.seed, rank, world))
-    epochs = cfg.epochs or EPOCHS[task]
-    total = per_epoch * epochs
-    warmup = min(cfg.warmup, max(1, total // 10))
-    objective = Objective(model, task_loss(task, cfg.temperature))
+    if r.master and trunc:
+        print(f"{r.name}: {trunc} training texts were longer than the text budget and were truncated")
+    r.model = TaskModel(base, r.num_classes).to(device)  # + a linear head for segmentation
+    r.model.cosine = cfg.temperature > 0  # evaluate.run_task ranks by cosine similarity then
+    r.optimizer = make_optimizer(r.model, cfg.lr, BETA2, device)
+    # linear warm-up then decay over all steps (sec. 5.2); the warm-up is at most a tenth of a short run
+    per_epoch = len(batch_order(len(r.train_ex), cfg.batch_size, 0, cfg.seed, rank, world))
+    r.epochs = cfg.epochs or TASKS[task].epochs
+    r.total = per_epoch * r.epochs
+    r.warmup = min(cfg.warmup, max(1, r.total // 10))
+    r.objective = Objective(r.model, task_loss(task, cfg.temperature))
     if cfg.compile:
-        objective = torch.compile(objective)
+        r.objective = torch.compile(r.objective)
     if ddp:
-        objective = wrap_ddp(objective, device)
+        r.objective = wrap_ddp(r.objective, device)
+    r.ckpt_path, r.best_path = os.path.join(r.out, "ckpt.pt"), os.path.join(r.out, "best.pt")
+    return r
 
-    ckpt_path, best_path = os.path.join(out, "ckpt.pt"), os.path.join(out, "best.pt")
-    start_epoch, best, step = 0, -float("inf"), 0
-    start_batch, rng_resume = 0, None
-    if cfg.resume and os.path.exists(ckpt_path):
-        ck = load_checkpoint(ckpt_path, need=("model", "optimizer", "epoch", "best", "step"))
-        load_state_checked(model, ck["model"], ckpt_path)
-        optimizer.load_state_dict(ck["optimizer"])
-        start_epoch, best, step = ck["epoch"] + 1, ck["best"], ck["step"]
-        if ck.get("next_batch"):  # stopped inside an epoch: go on at its next batch
-            start_epoch, start_batch, rng_resume = ck["epoch"], ck["next_batch"], ck["rng"]
-    log = open(os.path.join(out, "log.jsonl"), "a") if master else None
-    stop = StopFlag()
 
-    def model_state():
-        return {"task": task, "dataset": dataset, "model_config": dataclasses.asdict(mc),
-                "model": model.vlm.state_dict(), "head": model.head.state_dict() if model.head else None,
-                "num_classes": num_classes, "tokenizer": tok.to_str(), "temperature": cfg.temperature}
+def resume_run(cfg, r):
+    """With --resume and OUT/<run>/ckpt.pt: weights, optimizer, best score and step; returns (first epoch, first
+    batch, every rank's saved RNG state or None). A stop inside an epoch goes on at its next batch."""
+    r.best, r.step = -float("inf"), 0
+    if not (cfg.resume and os.path.exists(r.ckpt_path)):
+        return 0, 0, None
+    ck = load_checkpoint(r.ckpt_path, need=("model", "optimizer", "epoch", "best", "step"))
+    load_state_checked(r.model, ck["model"], r.ckpt_path)
+    r.optimizer.load_state_dict(ck["optimizer"])
+    r.best, r.step = ck["best"], ck["step"]
+    if ck.get("next_batch"):
+        return ck["epoch"], ck["next_batch"], ck["rng"]
+    return ck["epoch"] + 1, 0, None
 
-    t0 = time.time()
-    for epoch in range(start_epoch, epochs):
-        rng = np.random.default_rng([cfg.seed, epoch, rank])
-        if rng_resume is not None and epoch == start_epoch:
-            rng.bit_generator.state, torch_state = rng_resume[rank] if rank < len(rng_resume) else rng_resume[0]
-            torch.set_rng_state(torch_state)
-        losses = []
-        order = batch_order(len(train_ex), cfg.batch_size, epoch, cfg.seed, rank, world)
-        for b in range(start_batch if epoch == start_epoch else 0, len(order)):
-            lr = lr_at(step, cfg.lr, warmup, total)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            batch = to_device(make_batch(task, [train_ex[i] for i in order[b]], rng, mc, extra), device)
-            loss, _, finite = optimizer_step(objective, [batch], optimizer, scaler, ctx, cfg.grad_clip, ddp)
-            losses.append(loss)
-            step += 1
-            if b + 1 < len(order) and any_rank(stop.stop, ddp, device):  # honoured at the next step
-                save_inside_epoch(model, optimizer, epoch, b + 1, best, step, rng, ckpt_path, dist_state)
-                if master:
-                    print(f"stopped: {ckpt_path} saved at step {step} (epoch {epoch}, batch {b + 1}); "
-                          f"continue with --resume")
-                    log.close()
-                return None
-        # model selection on the validation split (evaluate.py's runner for this task)
-        if master:
-            model.eval()
-            val = evaluate.run_task(task, model, cfg.data, "val", tok, dataset=dataset, device=device, ctx=ctx)
-            model.train()
-            score = val[evaluate.SELECT[task]] * (-1 if task == "captioning" else 1)
-            rec = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "lr": lr,
-                   "val": val, "seconds": time.time() - t0}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            if verbose:
-                print(f"{name} epoch {epoch}: train loss {rec['loss']:.4f} | val "
-                      + " ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, float)))
-            if score > best:
-                best = score
-                atomic_save(model_state(), best_path)
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "best": best, "step": step}, ckpt_path)
-        if any_rank(stop.stop, ddp, device):
-            if master:
-                print(f"stopped: {ckpt_path} saved after epoch {epoch}; continue with --resume")
-                log.close()
+
+def train_epoch(cfg, r, epoch, rng, first_batch):
+    """The epoch's batches from `first_batch` on (batch -> loss -> step); their losses, or None after a stop
+    (Ctrl-C / SIGTERM), honoured at the next step with the state saved to resume from."""
+    losses = []
+    order = batch_order(len(r.train_ex), cfg.batch_size, epoch, cfg.seed, r.rank, r.world)
+    for b in range(first_batch, len(order)):
+        r.lr = set_lr(r.optimizer, lr_at(r.step, cfg.lr, r.warmup, r.total))
+        # the task's batch (tasks.py), then one optimizer step (engine.optimizer_step: clip 2.0, skip non-finite)
+        batch = to_device(TASKS[r.task].batch([r.train_ex[i] for i in order[b]], rng, r.mc, r.extra), r.device)
+        loss, _, _ = optimizer_step(r.objective, [batch], r.optimizer, r.scaler, r.ctx, cfg.grad_clip, r.ddp)
+        losses.append(loss)
+        r.step += 1
+        if b + 1 < len(order) and any_rank(StopFlag().stop, r.ddp, r.device):
+            save_inside_epoch(r.model, r.optimizer, epoch, b + 1, r.best, r.step, rng, r.ckpt_path,
+                              (r.ddp, r.rank, r.world, r.device))
+            if r.master:
+                print(f"stopped: {r.ckpt_path} saved at step {r.step} (epoch {epoch}, batch {b + 1}); "
+                      f"continue with --resume")
             return None
-    if ddp:
+    return losses
+
+
+def validate_epoch(cfg, r, epoch, losses, t0, verbose):
+    """Rank 0, after each epoch: the validation split through evaluate.py's runner, a log line, the best epoch
+    so far to OUT/<run>/best.pt (what evaluate.py and use.py load) and the epoch-end checkpoint."""
+    r.model.eval()
+    val = evaluate.run_task(r.task, r.model, cfg.data, "val", r.tok, dataset=r.dataset, device=r.device, ctx=r.ctx)
+    r.model.train()
+    score = val[evaluate.SELECT[r.task]] * (-1 if r.task == "captioning" else 1)  # captioning: the lowest loss
+    rec = {"epoch": epoch, "step": r.step, "loss": float(np.mean(losses)), "lr": r.lr, "val": val,
+           "seconds": time.time() - t0}
+    r.log.write(json.dumps(rec) + "\n")
+    r.log.flush()
+    if verbose:
+        print(f"{r.name} epoch {epoch}: train loss {rec['loss']:.4f} | val "
+              + " ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, float)))
+    if score > r.best:
+        r.best = score
+        atomic_save({"task": r.task, "dataset": r.dataset, "model_config": dataclasses.asdict(r.mc),
+                     "model": r.model.vlm.state_dict(), "head": r.model.head.state_dict() if r.model.head else None,
+                     "num_classes": r.num_classes, "tokenizer": r.tok.to_str(),
+                     "temperature": cfg.temperature}, r.best_path)
+    atomic_save({"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(), "epoch": epoch,
+                 "best": r.best, "step": r.step}, r.ckpt_path)
+
+
+def test_best(cfg, r, verbose):
+    """Rank 0, at the end: the best validation epoch evaluated once on the test split -> OUT/<run>/test.json."""
+    result = evaluate.run_task(r.task, load_finetuned(r.best_path, r.device), cfg.data, "test", r.tok,
+                               dataset=r.dataset, device=r.device, ctx=r.ctx)
+    with open(os.path.join(r.out, "test.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    if verbose:
+        print(f"{r.name} test: " + " ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float)))
+    return result
+
+
+def run(cfg, task, dist_state, dataset=None, verbose=True):
+    """Fine-tune one task, keep the best epoch on validation, evaluate it on test. Returns test metrics (None
+    on other ranks, or after a stop: --resume goes on)."""
+    # setup: OUT/<run>, model, examples, optimizer, objective; then resume (OUT/<run>/ckpt.pt) if asked
+    r = setup_run(cfg, task, dist_state, dataset)
+    start_epoch, start_batch, rng_resume = resume_run(cfg, r)
+    r.log = open(os.path.join(r.out, "log.jsonl"), "a") if r.master else None
+    t0 = time.time()
+    for epoch in range(start_epoch, r.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch, r.rank])  # which caption each video visit draws
+        if rng_resume is not None and epoch == start_epoch:  # resumed inside this epoch: the saved streams
+            rng.bit_generator.state, torch_state = rng_resume[r.rank] if r.rank < len(rng_resume) else rng_resume[0]
+            torch.set_rng_state(torch_state)
+        losses = train_epoch(cfg, r, epoch, rng, start_batch if epoch == start_epoch else 0)
+        if losses is not None and r.master:  # model selection on the validation split
+            validate_epoch(cfg, r, epoch, losses, t0, verbose)
+        # a stop inside the epoch (losses None) was saved there; one at its end saved the epoch checkpoint
+        if losses is None or any_rank(StopFlag().stop, r.ddp, r.device):
+            if r.master:
+                if losses is not None:
+                    print(f"stopped: {r.ckpt_path} saved after epoch {epoch}; continue with --resume")
+                r.log.close()
+            return None
+    # the end: rank 0 tests the best validation epoch once; the others wait here first
+    if r.ddp:
         torch.distributed.barrier()
-    result = None
-    if master:
-        best_model = load_finetuned(best_path, device)
-        result = evaluate.run_task(task, best_model, cfg.data, "test", tok, dataset=dataset, device=device, ctx=ctx)
-        with open(os.path.join(out, "test.json"), "w") as f:
-            json.dump(result, f, indent=1)
-        if verbose:
-            print(f"{name} test: " + " ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float)))
-        log.close()
+    result = test_best(cfg, r, verbose) if r.master else None
+    if r.master:
+        r.log.close()
     return result
 
 
@@ -354,26 +249,7 @@ def save_inside_epoch(model, optimizer, epoch, next_batch, best, step, rng, ckpt
 
 
 # -----------------------------------------------------------------------------------------------------------
-# All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval and multiple-choice QA
-
-
-def frames_batch(exs, store, mc, rng):
-    """frames (B, T, 3, S, S) uint8, a random frame in each of T segments of the whole video; one caption per
-    video visit."""
-    frames = torch.stack([store.clip(e["video_id"], None, None, mc.num_frames, mc.frame_size, True, rng)
-                          for e in exs])
-    ids, mask = data.pad_texts([e["texts"][rng.integers(len(e["texts"]))] for e in exs], mc.pad_token_id)
-    return {"frames": frames, "text_ids": ids, "text_mask": mask}
-
-
-def frames_loss(task):
-    def retrieval(tm, b):  # in-batch text -> video cross-entropy on pooled vectors of separate passes
-        return contrastive_loss(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"])), {}
-
-    def qa(tm, b):  # video -> text: rank the captions for a video (VLM's sec. 4.4 recipe)
-        return contrastive_loss(tm.vlm.encode_video(b["frames"]), tm.vlm.encode_text(b["text_ids"], b["text_mask"])), {}
-
-    return {"retrieval": retrieval, "qa": qa}[task]
+# All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval and multiple-choice QA (tasks.frames_*)
 
 
 def run_frames(cfg, task, dist_state, verbose=True):
@@ -383,13 +259,14 @@ def run_frames(cfg, task, dist_state, verbose=True):
     name = ("retrieval-msrvtt" if task == "retrieval" else "qa") + "-frames" + ("-scratch" if cfg.scratch else "")
     out, ctx, scaler, base, tok = start_run(cfg, name, rank, device)
     mc = base.config
-    recs, store = readers.load_retrieval(cfg.data, "msrvtt", "train", videos=True)
+    # MSR-VTT training videos as video files (docs/allinone.md); captions cut to the text budget
+    recs, store = data.load_retrieval(cfg.data, "msrvtt", "train", videos=True)
     exs = [{"video_id": r["video_id"], "texts": data.encode_texts(tok, r["texts"], mc.max_text_len - 2)[0]}
            for r in recs]
-    model = TaskModel(base).to(device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.beta2, device)
+    model = TaskModel(base).to(device)  # no head: both tasks compare pooled text and video vectors
+    optimizer = make_optimizer(model, cfg.lr, BETA2, device)
     per_epoch = len(batch_order(len(exs), cfg.batch_size, 0, cfg.seed, rank, world))
-    epochs = cfg.epochs or EPOCHS[task]
+    epochs = cfg.epochs or TASKS[task].epochs
     total, step, best = per_epoch * epochs, 0, -float("inf")
     warmup = min(cfg.warmup, max(1, total // 10))
     objective = Objective(model, frames_loss(task))
@@ -400,9 +277,8 @@ def run_frames(cfg, task, dist_state, verbose=True):
     for epoch in range(epochs):
         rng, losses = np.random.default_rng([cfg.seed, epoch, rank]), []
         for idx in batch_order(len(exs), cfg.batch_size, epoch, cfg.seed, rank, world):
-            lr = lr_at(step, cfg.lr, warmup, total)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+            set_lr(optimizer, lr_at(step, cfg.lr, warmup, total))
+            # frames (B, T, 3, S, S) decoded here, T frames from T segments of each whole video
             batch = to_device(frames_batch([exs[i] for i in idx], store, mc, rng), device)
             loss, _, _ = optimizer_step(objective, [batch], optimizer, scaler, ctx, cfg.grad_clip, ddp)
             losses.append(loss)
@@ -412,7 +288,7 @@ def run_frames(cfg, task, dist_state, verbose=True):
                     print(f"{name}: stopped at step {step}; best so far in {best_path} (if any)")
                     log.close()
                 return None
-        if master:  # model selection on the validation split
+        if master:  # model selection on the validation split: R@1 (retrieval) or accuracy (qa)
             val = evaluate.run_frames_task(task, model, cfg.data, "val", tok, device, ctx)
             rec = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "val": val, "seconds": time.time() - t0}
             log.write(json.dumps(rec) + "\n")
@@ -438,21 +314,9 @@ def run_frames(cfg, task, dist_state, verbose=True):
     return result
 
 
-def checkpoint_kind(path):
-    """'allinone' or 'vlm': the model kind a checkpoint's config records."""
-    cfg = os.path.join(path, "config.json") if os.path.isdir(path) else None
-    if cfg and os.path.exists(cfg):
-        with open(cfg) as f:
-            return json.load(f).get("model", "vlm")
-    if os.path.isdir(path):
-        path = os.path.join(path, "ckpt.pt")
-    if not os.path.exists(path):
-        return "vlm"  # load_model reports the missing checkpoint
-    return load_checkpoint(path)["model_config"].get("model", "vlm")
-
-
 def main(argv=None):
-    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0], ranges=FINETUNE_RANGES)
+    """python finetune.py [--flags]: one task (run), or one of the frames model's two (run_frames)."""
+    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0])
     if cfg.task not in TASKS:
         raise SystemExit(f"--task {cfg.task!r}: choose one of {', '.join(TASKS)}"
                          + (" (every task: python experiments.py)" if cfg.task == "all" else ""))

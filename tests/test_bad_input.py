@@ -233,13 +233,13 @@ def test_init_from_a_damaged_bert_directory(run_dir, tiny_world, tmp_path):
            "intermediate_size": 16, "max_position_embeddings": 64, "type_vocab_size": 2}
     dump_json(cfg, d / "config.json")
     (d / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")
-    with pytest.raises(checkpoint.CheckpointError, match=f"--init_from {d}: cannot load"):
-        train.build_model(train.TrainConfig(init_from=str(d)), tiny_world)
+    with pytest.raises(checkpoint.CheckpointError, match=f"--init {d}: cannot load"):
+        train.build_model(train.TrainConfig(init=str(d)), tiny_world)
     model = tmp_path / "model"  # a model directory of this project goes through load_checkpoint
     shutil.copytree(os.path.join(run_dir, "model"), model)
     (model / "model.pt").write_bytes(open(os.path.join(run_dir, "model", "model.pt"), "rb").read()[:1000])
     with pytest.raises(checkpoint.CheckpointError, match=f"{model}/model.pt: truncated"):
-        train.build_model(train.TrainConfig(init_from=str(model)), tiny_world)
+        train.build_model(train.TrainConfig(init=str(model)), tiny_world)
 
 
 def test_resume_with_another_model_size_names_the_flag(run_dir, tiny_world, tmp_path):

@@ -35,7 +35,7 @@ def test_scratch_row_word_embeddings_start_at_the_pre_training_scale(tiny_world,
 
     monkeypatch.setattr(finetune, "TaskModel", spy)
     for init in (0.3, 0.05):
-        c = dataclasses.replace(finetune.FinetuneConfig(), data=tiny_world, scratch=True, scratch_word_init=init)
+        c = dataclasses.replace(finetune.FinetuneConfig(), data=tiny_world, scratch=True, word_init=init)
         with pytest.raises(_Captured):
             finetune.run(c, "qa", (False, 0, 1, "cpu"), verbose=False)
     for w, init in zip(seen, (0.3, 0.05)):
