@@ -52,12 +52,13 @@ def flag_type(name, typ, low=None, high=None, low_excluded=False):
 def amp_setup(dtype, device):
     """One autocast context and a GradScaler (enabled for float16 only)."""
     device_type = "cuda" if "cuda" in device else "cpu"
-    if dtype == "auto":
+    if dtype == "auto":  # bf16 needs no loss scaling; CPUs train in float32 (bf16 matmuls are slow there)
         dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise SystemExit(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    # autocast runs matmuls in the low precision and keeps reductions (softmax, LayerNorm, losses) in float32
     ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # a no-op unless float16
     return dtype, ctx, scaler
 
 
@@ -81,15 +82,17 @@ def parse_config(cls, argv=None, presets=None, description="", ranges=None):
         p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         for f in dataclasses.fields(cls):
             default, text = defaults.get(f.name, f.default), helps.get(f.name, "")
-            if f.type in (bool, "bool"):
+            if f.type in (bool, "bool"):  # --flag / --no-flag
                 p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=default, help=text)
                 continue
+            # dataclass annotations are strings under `from __future__ import annotations`
             typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
             if f.name in ranges and typ in (int, float):
                 typ = flag_type(f.name, typ, *ranges[f.name])
             p.add_argument(f"--{f.name}", type=typ, default=default, help=text)
         return p
 
+    # parse twice when a preset is named: once to read --preset, then with its values as the defaults
     args = build({}).parse_args(argv)
     preset = getattr(args, "preset", "")
     if preset:
