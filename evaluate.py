@@ -313,7 +313,7 @@ def mc_candidates(texts, seed=0):
 def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcontext()):
     """retrieval (MSR-VTT-like, text -> video) or qa (test: MSR_MC_test; val: mc_candidates) for the frames
     model, both on dot products of pooled vectors from separate passes (as VLM's retrieval and QA).
-    Raw dot products, not cosine: frames fine-tuning trains on them (finetune.run_frames)."""
+    Raw dot products, not cosine: frames fine-tuning trains on them (tasks.FRAMES)."""
     m = getattr(model, "vlm", model)
     was_training = m.training
     m.eval()

@@ -307,7 +307,7 @@ def run_frames_all(cfg, dist_state):
     for row, scratch in (("allinone", False), ("allinone_scratch", True)):
         for task in ("retrieval", "qa"):
             key = "retrieval-msrvtt" if task == "retrieval" else task
-            res[row][key] = finetune.run_frames(dataclasses.replace(cfg, scratch=scratch), task, dist_state)
+            res[row][key] = finetune.run(dataclasses.replace(cfg, scratch=scratch), task, dist_state)
             if StopFlag().stop:  # no further run, and no table that looks complete
                 print("stopped: allinone.json / results.md not written")
                 return None

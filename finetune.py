@@ -37,7 +37,7 @@ from checkpoint import (CheckpointError, atomic_save, checkpoint_kind, load_chec
 from common import amp_setup, cli, parse_config
 from engine import (BETA2, Objective, StopFlag, any_rank, exit_if_stopped, lr_at, make_optimizer, optimizer_step,
                     set_lr, setup_distributed, to_device, wrap_ddp)
-from tasks import TASKS, frames_batch, frames_loss, task_loss
+from tasks import FRAMES, TASKS
 from train import RANGES, ensure_world, scratch_word_init
 from vlm import TaskModel
 
@@ -104,12 +104,26 @@ def setup_run(cfg, task, dist_state, dataset):
     examples, the task model (+ head), Adam, the schedule, the objective (compiled, DDP). Returns a namespace r."""
     ddp, rank, world, device = dist_state
     r = SimpleNamespace(task=task, ddp=ddp, rank=rank, world=world, device=device, master=rank == 0)
-    r.dataset = dataset or ("msrvtt" if task == "qa" else cfg.dataset)
-    name = f"{task}-{r.dataset}" if task == "retrieval" else task
+    # a frames model (All-in-One) fine-tunes MSR-VTT-like retrieval or qa from video files (tasks.FRAMES)
+    frames = (checkpoint_kind(cfg.init) if cfg.model == "auto" else cfg.model) == "allinone"
+    if frames and (task not in FRAMES or cfg.temperature > 0):
+        raise SystemExit(f"--task {task} --temperature {cfg.temperature}: the frames model (allinone) fine-tunes "
+                         "retrieval or qa, on raw dot products")
+    r.spec = (FRAMES if frames else TASKS)[task]
+    r.dataset = "msrvtt" if frames else dataset or ("msrvtt" if task == "qa" else cfg.dataset)
+    name = (f"{task}-{r.dataset}" if task == "retrieval" else task) + ("-frames" if frames else "")
     r.out, r.ctx, r.scaler, base, r.tok = start_run(cfg, name + ("-scratch" if cfg.scratch else ""), rank, device)
     r.name, r.mc = os.path.basename(r.out), base.config
-    # the task's training split as examples (tasks.py); extra: localization's tasks and their step texts
-    r.train_ex, r.extra, r.num_classes, trunc = TASKS[task].examples(cfg.data, r.dataset, r.tok)
+    # validation and test: evaluate.py's runner for the task; model selection on its SELECT metric
+    if frames:
+        r.evaluate = lambda m, split: evaluate.run_frames_task(task, m, cfg.data, split, r.tok, device, r.ctx)
+    else:
+        r.evaluate = lambda m, split: evaluate.run_task(task, m, cfg.data, split, r.tok, dataset=r.dataset,
+                                                        device=device, ctx=r.ctx)
+    r.select = "acc" if frames and task == "qa" else evaluate.SELECT[task]
+    # the task's training split as examples (tasks.py); extra: localization's tasks and their step texts, or
+    # the frames model's video store
+    r.train_ex, r.extra, r.num_classes, trunc = r.spec.examples(cfg.data, r.dataset, r.tok, r.mc)
     if not r.train_ex:
         raise SystemExit(f"{cfg.data}: the {task} training split is empty")
     if r.master and trunc:
@@ -119,10 +133,10 @@ def setup_run(cfg, task, dist_state, dataset):
     r.optimizer = make_optimizer(r.model, cfg.lr, BETA2, device)
     # linear warm-up then decay over all steps (sec. 5.2); the warm-up is at most a tenth of a short run
     per_epoch = len(batch_order(len(r.train_ex), cfg.batch_size, 0, cfg.seed, rank, world))
-    r.epochs = cfg.epochs or TASKS[task].epochs
+    r.epochs = cfg.epochs or r.spec.epochs
     r.total = per_epoch * r.epochs
     r.warmup = min(cfg.warmup, max(1, r.total // 10))
-    r.objective = Objective(r.model, task_loss(task, cfg.temperature))
+    r.objective = Objective(r.model, lambda tm, b: r.spec.loss(tm, b, cfg.temperature))
     if cfg.compile:
         r.objective = torch.compile(r.objective)
     if ddp:
@@ -154,7 +168,7 @@ def train_epoch(cfg, r, epoch, rng, first_batch):
     for b in range(first_batch, len(order)):
         r.lr = set_lr(r.optimizer, lr_at(r.step, cfg.lr, r.warmup, r.total))
         # the task's batch (tasks.py), then one optimizer step (engine.optimizer_step: clip 2.0, skip non-finite)
-        batch = to_device(TASKS[r.task].batch([r.train_ex[i] for i in order[b]], rng, r.mc, r.extra), r.device)
+        batch = to_device(r.spec.batch([r.train_ex[i] for i in order[b]], rng, r.mc, r.extra), r.device)
         loss, _, _ = optimizer_step(r.objective, [batch], r.optimizer, r.scaler, r.ctx, cfg.grad_clip, r.ddp)
         losses.append(loss)
         r.step += 1
@@ -172,9 +186,9 @@ def validate_epoch(cfg, r, epoch, losses, t0, verbose):
     """Rank 0, after each epoch: the validation split through evaluate.py's runner, a log line, the best epoch
     so far to OUT/<run>/best.pt (what evaluate.py and use.py load) and the epoch-end checkpoint."""
     r.model.eval()
-    val = evaluate.run_task(r.task, r.model, cfg.data, "val", r.tok, dataset=r.dataset, device=r.device, ctx=r.ctx)
+    val = r.evaluate(r.model, "val")
     r.model.train()
-    score = val[evaluate.SELECT[r.task]] * (-1 if r.task == "captioning" else 1)  # captioning: the lowest loss
+    score = val[r.select] * (-1 if r.task == "captioning" else 1)  # captioning: the lowest loss
     rec = {"epoch": epoch, "step": r.step, "loss": float(np.mean(losses)), "lr": r.lr, "val": val,
            "seconds": time.time() - t0}
     r.log.write(json.dumps(rec) + "\n")
@@ -194,8 +208,7 @@ def validate_epoch(cfg, r, epoch, losses, t0, verbose):
 
 def test_best(cfg, r, verbose):
     """Rank 0, at the end: the best validation epoch evaluated once on the test split -> OUT/<run>/test.json."""
-    result = evaluate.run_task(r.task, load_finetuned(r.best_path, r.device), cfg.data, "test", r.tok,
-                               dataset=r.dataset, device=r.device, ctx=r.ctx)
+    result = r.evaluate(load_finetuned(r.best_path, r.device), "test")
     with open(os.path.join(r.out, "test.json"), "w") as f:
         json.dump(result, f, indent=1)
     if verbose:
@@ -248,74 +261,8 @@ def save_inside_epoch(model, optimizer, epoch, next_batch, best, step, rng, ckpt
                      "next_batch": next_batch, "best": best, "step": step, "rng": states}, ckpt_path)
 
 
-# -----------------------------------------------------------------------------------------------------------
-# All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval and multiple-choice QA (tasks.frames_*)
-
-
-def run_frames(cfg, task, dist_state, verbose=True):
-    """Fine-tune the frames model on MSR-VTT-like videos for retrieval or qa, select on val, test once."""
-    ddp, rank, world, device = dist_state
-    master = rank == 0
-    name = ("retrieval-msrvtt" if task == "retrieval" else "qa") + "-frames" + ("-scratch" if cfg.scratch else "")
-    out, ctx, scaler, base, tok = start_run(cfg, name, rank, device)
-    mc = base.config
-    # MSR-VTT training videos as video files (docs/allinone.md); captions cut to the text budget
-    recs, store = data.load_retrieval(cfg.data, "msrvtt", "train", videos=True)
-    exs = [{"video_id": r["video_id"], "texts": data.encode_texts(tok, r["texts"], mc.max_text_len - 2)[0]}
-           for r in recs]
-    model = TaskModel(base).to(device)  # no head: both tasks compare pooled text and video vectors
-    optimizer = make_optimizer(model, cfg.lr, BETA2, device)
-    per_epoch = len(batch_order(len(exs), cfg.batch_size, 0, cfg.seed, rank, world))
-    epochs = cfg.epochs or TASKS[task].epochs
-    total, step, best = per_epoch * epochs, 0, -float("inf")
-    warmup = min(cfg.warmup, max(1, total // 10))
-    objective = Objective(model, frames_loss(task))
-    if ddp:
-        objective = wrap_ddp(objective, device)
-    best_path, t0 = os.path.join(out, "best.pt"), time.time()
-    log = open(os.path.join(out, "log.jsonl"), "a") if master else None
-    for epoch in range(epochs):
-        rng, losses = np.random.default_rng([cfg.seed, epoch, rank]), []
-        for idx in batch_order(len(exs), cfg.batch_size, epoch, cfg.seed, rank, world):
-            set_lr(optimizer, lr_at(step, cfg.lr, warmup, total))
-            # frames (B, T, 3, S, S) decoded here, T frames from T segments of each whole video
-            batch = to_device(frames_batch([exs[i] for i in idx], store, mc, rng), device)
-            loss, _, _ = optimizer_step(objective, [batch], optimizer, scaler, ctx, cfg.grad_clip, ddp)
-            losses.append(loss)
-            step += 1
-            if any_rank(StopFlag().stop, ddp, device):  # Ctrl-C / SIGTERM: stop here (no resume for frames yet)
-                if master:
-                    print(f"{name}: stopped at step {step}; best so far in {best_path} (if any)")
-                    log.close()
-                return None
-        if master:  # model selection on the validation split: R@1 (retrieval) or accuracy (qa)
-            val = evaluate.run_frames_task(task, model, cfg.data, "val", tok, device, ctx)
-            rec = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "val": val, "seconds": time.time() - t0}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            if verbose:
-                print(f"{name} epoch {epoch}: train loss {rec['loss']:.4f} | val " +
-                      " ".join(f"{k} {v:.3f}" for k, v in val.items()))
-            if val["R1" if task == "retrieval" else "acc"] > best:
-                best = val["R1" if task == "retrieval" else "acc"]
-                atomic_save({"task": task, "dataset": "msrvtt", "model_config": dataclasses.asdict(mc),
-                             "model": model.vlm.state_dict(), "head": None, "num_classes": 0,
-                             "tokenizer": tok.to_str()}, best_path)
-    if ddp:
-        torch.distributed.barrier()
-    if not master:
-        return None
-    result = evaluate.run_frames_task(task, load_finetuned(best_path, device), cfg.data, "test", tok,
-                                      device, ctx)
-    with open(os.path.join(out, "test.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"{name} test: " + " ".join(f"{k} {v:.3f}" for k, v in result.items()) + f" ({time.time() - t0:.0f}s)")
-    log.close()
-    return result
-
-
 def main(argv=None):
-    """python finetune.py [--flags]: one task (run), or one of the frames model's two (run_frames)."""
+    """python finetune.py [--flags]: one task, for a features model (VLM) or a frames model (All-in-One)."""
     cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0])
     if cfg.task not in TASKS:
         raise SystemExit(f"--task {cfg.task!r}: choose one of {', '.join(TASKS)}"
@@ -324,12 +271,7 @@ def main(argv=None):
     dist_state = setup_distributed()
     kind = checkpoint_kind(cfg.init) if cfg.model == "auto" else cfg.model
     ensure_world(cfg.data, cfg.synth_size, cfg.seed, dist_state[1] == 0, dist_state[0], video=kind == "allinone")
-    if kind == "allinone":  # raw frames: MSR-VTT-like retrieval and multiple-choice QA
-        if cfg.task not in ("retrieval", "qa"):
-            raise SystemExit(f"--task {cfg.task}: the frames model (allinone) fine-tunes retrieval or qa")
-        result = run_frames(cfg, cfg.task, dist_state)
-    else:
-        result = run(cfg, cfg.task, dist_state)
+    result = run(cfg, cfg.task, dist_state)  # a frames model: retrieval or qa from video files (setup_run)
     exit_if_stopped()
     return result
 

@@ -24,7 +24,7 @@ from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
 class Task:
     """One downstream task: how its training split becomes examples and batches, and its loss. Validation and
     test go through evaluate.run_task (model selection on evaluate.SELECT[task])."""
-    examples: Callable  # (data_dir, dataset, tok) -> (examples, extra, num_classes, texts truncated)
+    examples: Callable  # (data_dir, dataset, tok, model config) -> (examples, extra, num_classes, texts truncated)
     batch: Callable  # (examples, rng, model config, extra) -> batch dict
     loss: Callable  # (task_model, batch, temperature) -> (loss, stats)
     epochs: int  # default passes over the training set on the built-in world (--epochs overrides)
@@ -34,7 +34,7 @@ class Task:
 # retrieval (sec. 4.1) and qa (sec. 4.4): a clip's features and all its captions, one caption drawn per visit
 
 
-def pair_examples(data_dir, dataset, tok):
+def pair_examples(data_dir, dataset, tok, mc):
     """Training clips of MSR-VTT or YouCook2 (docs/data_formats.md): S3D features and all captions."""
     recs, store = readers.load_retrieval(data_dir, dataset, "train")
     out, trunc = [], 0
@@ -86,7 +86,7 @@ def window_examples(records, stride, size=32):
     return out
 
 
-def segmentation_examples(data_dir, dataset, tok):
+def segmentation_examples(data_dir, dataset, tok, mc):
     """COIN training videos (COIN.json) as windows of 32 s at stride 8; labels: a class id per second."""
     recs, store, num_classes = readers.load_coin(data_dir, "train")
     full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"]} for r in recs]
@@ -112,7 +112,7 @@ def segmentation_loss(tm, b, temperature):
 # localization (sec. 4.3): CrossTask windows; each window's frames against its task's K step texts
 
 
-def localization_examples(data_dir, dataset, tok):
+def localization_examples(data_dir, dataset, tok, mc):
     """CrossTask training windows, (Tv, K) step labels; extra: the tasks, their step texts encoded."""
     recs, tasks, store = readers.load_crosstask(data_dir, "train")
     full = [{"feat": store[r["video_id"]][:len(r["labels"])], "labels": r["labels"], "task": r["task"]}
@@ -156,7 +156,7 @@ def localization_loss(tm, b, temperature):
 # captioning (sec. 4.5): the captioning mask, right-shifted text, next-token cross-entropy
 
 
-def captioning_examples(data_dir, dataset, tok):
+def captioning_examples(data_dir, dataset, tok, mc):
     """YouCook2 captioning clips: features and one caption of at most 60 pieces (+ BOS / [SEP] = 61)."""
     recs, store = readers.load_captioning(data_dir, "train")
     ids, trunc = data.encode_texts(tok, [r["text"] for r in recs], max_len=60)  # + BOS / [SEP] = 61
@@ -195,10 +195,23 @@ def task_loss(task, temperature=0.0):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# All-in-One (raw frames, allinone.py; finetune.run_frames): MSR-VTT-like retrieval and multiple-choice QA
+# All-in-One (raw frames, allinone.py): MSR-VTT-like retrieval and multiple-choice QA, VLM's recipes (sec. 4.1,
+# 4.4) on pooled vectors of a text-only and a frames-only pass; finetune.run picks FRAMES for a frames model
 
 
-def frames_batch(exs, store, mc, rng):
+def frames_examples(data_dir, dataset, tok, mc):
+    """MSR-VTT training videos as video files (docs/allinone.md) and all their captions, each cut to the frames
+    model's text budget (max_text_len - 2 pieces; the cuts are counted). extra: the video store."""
+    recs, store = readers.load_retrieval(data_dir, "msrvtt", "train", videos=True)
+    out, trunc = [], 0
+    for r in recs:
+        ids, n = data.encode_texts(tok, r["texts"], mc.max_text_len - 2)
+        out.append({"video_id": r["video_id"], "texts": ids})
+        trunc += n
+    return out, store, 0, trunc
+
+
+def frames_batch(exs, rng, mc, store):
     """frames (B, T, 3, S, S) uint8, a random frame in each of T segments of the whole video; one caption per
     video visit."""
     frames = torch.stack([store.clip(e["video_id"], None, None, mc.num_frames, mc.frame_size, True, rng)
@@ -207,12 +220,17 @@ def frames_batch(exs, store, mc, rng):
     return {"frames": frames, "text_ids": ids, "text_mask": mask}
 
 
-def frames_loss(task):
-    """loss_fn(task_model, batch) -> (loss, stats) of the frames model for retrieval or qa."""
-    def retrieval(tm, b):  # in-batch text -> video cross-entropy on pooled vectors of separate passes
-        return contrastive_loss(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"])), {}
+def frames_retrieval_loss(tm, b, temperature):
+    """In-batch text -> video cross-entropy on raw dot products (the frames recipe has no temperature)."""
+    return contrastive_loss(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"])), {}
 
-    def qa(tm, b):  # video -> text: rank the captions for a video (VLM's sec. 4.4 recipe)
-        return contrastive_loss(tm.vlm.encode_video(b["frames"]), tm.vlm.encode_text(b["text_ids"], b["text_mask"])), {}
 
-    return {"retrieval": retrieval, "qa": qa}[task]
+def frames_qa_loss(tm, b, temperature):
+    """Video -> text: rank the captions for a video (VLM's sec. 4.4 recipe), raw dot products."""
+    return contrastive_loss(tm.vlm.encode_video(b["frames"]), tm.vlm.encode_text(b["text_ids"], b["text_mask"])), {}
+
+
+FRAMES = {
+    "retrieval": Task(frames_examples, frames_batch, frames_retrieval_loss, epochs=8),
+    "qa": Task(frames_examples, frames_batch, frames_qa_loss, epochs=8),
+}

@@ -12,6 +12,7 @@ import tokens
 import evaluate
 import experiments
 import finetune
+import tasks
 import metrics
 import vlm as vlm_module
 
@@ -72,14 +73,14 @@ def test_temperature_flag_gives_cosine_logits_and_zero_keeps_the_papers_dot_prod
     t = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
     v = torch.tensor([[1.0, 1.0], [0.0, 2.0]])
     b = {"text_ids": None, "text_mask": None, "video": None, "video_mask": None}
-    raw = finetune.task_loss("retrieval", 0.0)(_Fixed(t, v), b)[0]
+    raw = tasks.task_loss("retrieval", 0.0)(_Fixed(t, v), b)[0]
     assert raw.item() == pytest.approx(torch.nn.functional.cross_entropy(t @ v.T, torch.arange(2)).item())
     # cosines by hand: text 0 = (1, 0), text 1 = (0, 1); video 0 = (1, 1)/sqrt 2, video 1 = (0, 1)
     cos = torch.tensor([[2 ** -0.5, 0.0], [2 ** -0.5, 1.0]])
     want = torch.nn.functional.cross_entropy(cos / 0.05, torch.arange(2))
-    assert finetune.task_loss("retrieval", 0.05)(_Fixed(t, v), b)[0].item() == pytest.approx(want.item(), rel=1e-5)
+    assert tasks.task_loss("retrieval", 0.05)(_Fixed(t, v), b)[0].item() == pytest.approx(want.item(), rel=1e-5)
     want_qa = torch.nn.functional.cross_entropy(cos.T / 0.05, torch.arange(2))  # video -> text
-    assert finetune.task_loss("qa", 0.05)(_Fixed(t, v), b)[0].item() == pytest.approx(want_qa.item(), rel=1e-5)
+    assert tasks.task_loss("qa", 0.05)(_Fixed(t, v), b)[0].item() == pytest.approx(want_qa.item(), rel=1e-5)
 
 
 def test_a_cosine_trained_model_is_ranked_by_cosine(tiny_world):
