@@ -342,3 +342,61 @@ def test_use_search_on_video_files_reproduces_the_frames_runner(video_world, tmp
     assert ref["MedR"] > 1  # a ranking that can be wrong
     with pytest.raises(SystemExit, match="frames model"):
         use.main(["caption", "--ckpt", d, "--videos", os.path.join(video_world, "msrvtt", "videos")])
+
+
+# ---- DDP: the frames model in 2 processes (gloo, CPU) ---------------------------------------------------------
+
+def _frames_batch():
+    g = torch.Generator().manual_seed(3)
+    return {"frames": torch.randint(0, 256, (4, 4, 3, 16, 16), generator=g, dtype=torch.uint8),
+            "text_ids": torch.randint(5, 60, (4, 5), generator=g), "text_mask": torch.ones(4, 5, dtype=torch.bool)}
+
+
+def _frames_loss(m, b):
+    """A mean over examples of the joint pass (rolling on) and both pooled vectors: two halves averaged over the
+    ranks equal the whole batch in one process."""
+    joint = m(b["frames"], b["text_ids"], b["text_mask"]).pow(2).mean((1, 2))  # (B,)
+    pooled = m.encode_video(b["frames"]).pow(2).sum(-1) + m.encode_text(b["text_ids"], b["text_mask"]).pow(2).sum(-1)
+    return (joint + pooled).mean(), {}
+
+
+def _frames_ddp_worker(rank, port, out):
+    import torch.distributed as dist
+    import common
+    import engine
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ddp, r, world, device = engine.setup_distributed()
+    torch.manual_seed(0)
+    model = AllInOne(tiny_cfg())
+    obj = engine.wrap_ddp(engine.Objective(model, _frames_loss), device)  # as train.py and finetune.py wrap it
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # linear in the gradient: the averaging shows exactly
+    _, ctx, scaler = common.amp_setup("float32", "cpu")
+    half = {k: v[2 * rank:2 * rank + 2] for k, v in _frames_batch().items()}
+    engine.optimizer_step(obj, [half], opt, scaler, ctx, 2.0, ddp=True)
+    torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_frames_model_ddp_two_processes_average_gradients(tmp_path):
+    import socket
+    import torch.multiprocessing as mp
+    import common
+    import engine
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_frames_ddp_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    torch.manual_seed(0)
+    model = AllInOne(tiny_cfg())
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # linear in the gradient: the averaging shows exactly
+    _, ctx, scaler = common.amp_setup("float32", "cpu")
+    engine.optimizer_step(engine.Objective(model, _frames_loss), [_frames_batch()], opt, scaler, ctx, 2.0, ddp=False)
+    single = model.state_dict()
+    assert not torch.equal(single["frames.conv.weight"], start["frames.conv.weight"])  # the frame embedding moved
+    for k in single:
+        assert torch.equal(w0[k], w1[k]), k  # ranks agree exactly
+        torch.testing.assert_close(w0[k], single[k], rtol=1e-5, atol=1e-6)
