@@ -19,7 +19,7 @@ Sections (one table at the end: what, ours, reference, ratio, target, met?):
             features model's at the same hidden size, tokens per clip, token rolling's share of a layer's time,
             PyAV decoding frames/s and read_video clips/s.
 transformers is a test-only dependency: without it the encoder comparison is skipped, the rest runs.
-GPU paths (guarded by torch.cuda.is_available()): bf16 autocast, fused Adam (train.make_optimizer),
+GPU paths (guarded by torch.cuda.is_available()): bf16 autocast, fused Adam (engine.make_optimizer),
 `--compile` (torch.compile of our model), MFU against a measured bf16 matmul, the paper's 256-clip step.
 """
 import argparse
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 import allinone
 import bert
 import data
+import engine
 import evaluate
 import losses
 import masking
@@ -243,13 +244,13 @@ def bench_step(args, device, ctx, res):
     cfg = base_config(args.quick)
     B = args.step_clips or (4 if args.quick else 256 if "cuda" in device else 8)
     model, batch, mgen = step_parts(cfg, B, device)
-    opt = train.make_optimizer(model, 5e-5, 0.98, device)  # fused Adam on GPU
+    opt = engine.make_optimizer(model, 5e-5, 0.98, device)  # fused Adam on GPU
     _, ctx, scaler = amp_setup("auto", device)
     raw = model
     if args.compile:
         model = torch.compile(model)
-    objective = train.Objective(model, lambda m, b: losses.pretrain_loss(m, b, mgen))
-    step = lambda: train.optimizer_step(objective, [batch], opt, scaler, ctx, 2.0, False)
+    objective = engine.Objective(model, lambda m, b: losses.pretrain_loss(m, b, mgen))
+    step = lambda: engine.optimizer_step(objective, [batch], opt, scaler, ctx, 2.0, False)
 
     with torch.no_grad(), ctx:  # states for the loss alone: masking + gather + transform + L_VLM, fwd + bwd
         h0 = raw(batch["video"], batch["video_mask"], batch["text_ids"], batch["text_mask"])
@@ -402,7 +403,7 @@ def peak_memory(what, layers, clips, quick, device):
     """Run inside a fresh process: peak memory of one pre-training step or of the loss alone."""
     cfg = base_config(quick, num_hidden_layers=layers) if layers else base_config(quick)
     model, batch, mgen = step_parts(cfg, clips, device)
-    opt = train.make_optimizer(model, 5e-5, 0.98, device)
+    opt = engine.make_optimizer(model, 5e-5, 0.98, device)
     _, ctx, scaler = amp_setup("auto", device)
     if what == "loss":  # the loss's cost does not depend on the values of h: random states, no encoder pass
         T = masking.TEXT_START + batch["text_ids"].shape[1] + 1
@@ -424,8 +425,8 @@ def peak_memory(what, layers, clips, quick, device):
             pass
         before = rss("VmRSS")
     if what == "step":
-        objective = train.Objective(model, lambda m, b: losses.pretrain_loss(m, b, mgen))
-        train.optimizer_step(objective, [batch], opt, scaler, ctx, 2.0, False)
+        objective = engine.Objective(model, lambda m, b: losses.pretrain_loss(m, b, mgen))
+        engine.optimizer_step(objective, [batch], opt, scaler, ctx, 2.0, False)
     else:
         with ctx:
             loss, _ = losses.pretrain_loss(Encoded(model, h), batch, mgen)

@@ -114,7 +114,7 @@ def _tokenize(tok, texts, max_len=61):
 # -----------------------------------------------------------------------------------------------------------
 # evaluation runners: one function per task, shared by finetune.py (validation) and the command line (test).
 # Each takes (task, model, data_dir, split, tok, dataset, device, ctx, show) and returns {metric: value}.
-# `model` is a fine-tuned finetune.TaskModel (.vlm, .head, .cosine) or a bare VLM (zero-shot); `show` prints that
+# `model` is a fine-tuned vlm.TaskModel (.vlm, .head, .cosine) or a bare VLM (zero-shot); `show` prints that
 # many worked examples (paper Tables 10-11). Test splits give the paper's numbers, val splits finetune.py's
 # selection number (SELECT). Video features: (T, 512) per second (docs/data_formats.md); H = hidden size.
 

@@ -5,7 +5,7 @@ ablations of Tables 8-9 (sec. 5.4.1). Built on finetune.py (one task) and evalua
   python experiments.py                  # every task, pre-trained and from scratch -> OUT/results.{md,json}
   python experiments.py --seeds 0,1,2    # mean +- standard deviation over fine-tuning seeds
   python experiments.py --init out/allinone/model --data data/world_video   # All-in-One from frames
-  python experiments.py --ablation       # Tables 8-9: six pre-training variants (see ablation's --help)
+  python experiments.py --ablation       # Tables 8-9: six pre-training variants (python experiments.py --ablation --help)
 
 Without --ablation the flags are finetune.py's (FinetuneConfig, all but --task). Yardsticks, on the same test
 splits as the model: the chance / trivial baselines, a linear floor below the transformer, a caption roof above.

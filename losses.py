@@ -114,12 +114,15 @@ def pretrain_loss(model, batch, gen, loss="vlm", mmm_prob=0.5, p_text=0.15, p_vi
         raise ValueError(f"losses.pretrain_loss: loss must be 'vlm' or 'mfm_mlm', got {loss!r}")
     cfg = model.config
     specials = (cfg.cls_token_id, cfg.sep_token_id, cfg.pad_token_id, cfg.mask_token_id)
+    # masked = {video_in: the video with masked seconds' features zeroed (MFM), video_labels (B, Tv) bool,
+    # text_in: selected pieces 80/10/10 [MASK] / random / kept, text_labels: original id or -100, kind}; per
+    # example (masking.plan): mmm_prob/2 whole text, mmm_prob/2 whole video, the rest 15% / 15% (sec. 3.3)
     masked = mask_batch(batch, gen, mmm_prob, p_text, p_video, cfg.mask_token_id, cfg.vocab_size, specials)
     rows = gather_masked(model, batch, masked)
     if loss == "vlm":
         value = vlm_loss(**rows, word_emb=model.word_embeddings)
         # the output bias is unused by L_VLM; a zero term keeps it in the graph, so every parameter has a gradient
-        # (exactly 0: Adam leaves it unchanged). DDP does not rely on it: train.wrap_ddp sets
+        # (exactly 0: Adam leaves it unchanged). DDP does not rely on it: engine.wrap_ddp sets
         # find_unused_parameters because fine-tuning leaves the MLM head out
         value = value + _zero(model.output_bias)
     else:

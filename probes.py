@@ -5,7 +5,7 @@
     (zeroed features, as MMM's masked video, sec. 3.2), for concept words (concept_words) and template words
   - mc_pseudo_likelihood: multiple choice by log p(answer | video) from the same head, no fine-tuning
   - grounding_probes: those two, zero-shot retrieval and localization (evaluate.run_task), each beside chance
-  - video_collapse: how much of the video stream is one shared direction (README, "What pre-training buys")
+  - video_collapse: how much of the video stream is one shared direction (docs/log.md, "What pre-training buys")
 train.py prints grounding_probes at the end of pre-training; for any checkpoint:
 
   python probes.py --ckpt out/pretrain/model                 # the grounding probes
@@ -26,9 +26,9 @@ import world
 from checkpoint import CheckpointError, load_model, trained_tokenizer
 from common import amp_setup, cli
 from evaluate import _batches, _tokenize, record_clip, run_task
+from masking import TEXT_START
 from metrics import even_steps_recall, mc_accuracy
 from tokens import load_tokenizer
-from vlm import TEXT_START
 
 
 def concept_words():
@@ -146,7 +146,7 @@ def grounding_probes(vlm, data_dir, tok, device="cpu", ctx=nullcontext(), n_word
 
 @torch.no_grad()
 def video_collapse(vlm, data_dir, n=32):
-    """How much of the video stream is one shared direction (README, "What pre-training buys"): the norm of
+    """How much of the video stream is one shared direction (docs/log.md, "What pre-training buys"): the norm of
     the video MLP's mean output against its per-token part, and how much the last layer's states differ across
     the seconds of one clip (std over a clip's valid tokens, averaged) against their norm."""
     recs, store = readers.load_retrieval(data_dir, "youcook2", "val")

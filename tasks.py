@@ -18,6 +18,7 @@ import data
 import evaluate
 import readers
 from losses import caption_loss, contrastive_loss, frame_loss, step_bce_loss
+from metrics import windows
 
 
 @dataclass
@@ -81,7 +82,7 @@ def window_examples(records, stride, size=32):
     """Whole videos cut into windows of `size` seconds (sec. 4.2: stride 8 for training)."""
     out = []
     for r in records:
-        for s in evaluate.windows(len(r["feat"]), size=size, stride=stride):
+        for s in windows(len(r["feat"]), size=size, stride=stride):
             out.append({**r, "feat": r["feat"][s:s + size], "labels": r["labels"][s:s + size]})
     return out
 

@@ -82,7 +82,7 @@ class TrainConfig:
     # Many videos with few clips each (paper: 8 x 32). From scratch, a batch of few videos fills V' with
     # near-copies of each masked second (overlapping clips of one video); L_VLM then rewards one shared video
     # direction and the video stream collapses. 32 x 2, the same clips per step as 4 x 16, doubles the spread
-    # of the video states (README, "What pre-training buys").
+    # of the video states (docs/log.md, "What pre-training buys").
     batch_videos: int = 32  # videos per batch per process (paper: 8)
     clips_per_video: int = 2  # clips drawn per video visit (paper: 32)
     min_text_len: int = 8  # minimum text tokens per sampled clip (paper ablation: 16)
@@ -164,7 +164,7 @@ def scratch_word_init(model, std):
     """At BERT's init (std 0.02) the word embeddings (norm ~0.3) are dwarfed by the video tokens (MLP outputs,
     norm ~5). L_VLM scores both in one softmax, and the cheapest way to tell the modalities apart is then one
     shared direction added to every video token, which the embedding LayerNorm turns into near-identical video
-    inputs: the video stream collapses (measured: README, "Pre-training from scratch"). A real BERT's words
+    inputs: the video stream collapses (measured: docs/log.md, "The video stream partly collapses"). A real BERT's words
     have norm ~1.4; from scratch we start them at the video tokens' scale instead (finetune.py --scratch too)."""
     with torch.no_grad():
         model.bert.wte.weight.normal_(0.0, std)
@@ -349,7 +349,7 @@ class StepLog:
 
 def finish(cfg, s, step, n_skipped):
     """The end, on rank 0: OUT/model (weights, config, tokenizer) and, after a complete run, the zero-shot
-    grounding probes (README, "Grounding probes"); then the process group goes down."""
+    grounding probes (docs/log.md, "Grounding probes and yardsticks"); then the process group goes down."""
     if s.master:
         model_dir = os.path.join(cfg.out, "model")
         save_model_dir(s.raw_model, model_dir, tokenizer=s.tok)
@@ -388,7 +388,9 @@ def main(argv=None):
                                           num_workers=cfg.num_workers))
         for _ in range(step % s.per_epoch, s.per_epoch):
             lr = set_lr(s.optimizer, lr_at(step, cfg.lr, cfg.warmup, s.total))
-            # --grad_accum micro-batches, each of batch_videos x clips_per_video clips (data.PretrainData)
+            # --grad_accum micro-batches of B = batch_videos x clips_per_video clips (data.PretrainData): {video
+            # (B, Tv<=32, 512) zero-padded S3D seconds, video_mask (B, Tv), text_ids (B, Lt<=61) pieces without
+            # [CLS]/[SEP], text_mask (B, Lt)}; frames (B, T, 3, S, S) uint8 for All-in-One; losses.py masks it
             batches = [to_device(next(loader), s.device) for _ in range(cfg.grad_accum)]
             loss, stats, finite = optimizer_step(objective, batches, s.optimizer, s.scaler, s.ctx, cfg.grad_clip,
                                                  s.ddp)

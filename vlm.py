@@ -376,6 +376,7 @@ class TaskModel(nn.Module):
         super().__init__()
         self.vlm = vlm
         self.head = nn.Linear(vlm.config.hidden_size, num_classes) if num_classes else None
+        self.cosine = False  # True when fine-tuned on cosine logits (--temperature > 0): evaluation ranks by cosine
 
 
 def masked_mean(h, keep):

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = ["vlm.py", "masking.py", "losses.py", "data.py", "train.py", "finetune.py", "evaluate.py"]
 # files that hold a part of the method or its plumbing, split off from the core files: same budgets per file
 COMPONENTS = CORE + ["allinone.py", "checkpoint.py", "common.py", "tokens.py", "readers.py", "video.py", "metrics.py", "probes.py", "bert.py", "engine.py", "tasks.py"]
-# the import order: a module may import only modules of an EARLIER layer (one-way flow, docs/method.md)
+# the import order: a module may import only modules of an EARLIER layer (one-way flow: a lower file never needs a higher one)
 LAYERS = [["common", "engine", "tokens", "masking", "plots", "metrics", "video"], ["bert", "readers"], ["vlm"],
           ["allinone", "losses"], ["data", "checkpoint"], ["world"], ["evaluate"], ["probes", "tasks"], ["train"],
           ["finetune"], ["experiments"], ["use", "bench"]]

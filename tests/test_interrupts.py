@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import finetune
+import engine
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,14 +82,14 @@ def test_finetune_stopped_inside_an_epoch_resumes_to_the_same_weights(pretrained
     def stop_after_two(*a, **kw):
         n[0] += 1
         if n[0] == 2:
-            train.StopFlag().stop = True  # as SIGTERM would
+            engine.StopFlag().stop = True  # as SIGTERM would
         return step_fn(*a, **kw)
 
     monkeypatch.setattr(finetune, "optimizer_step", stop_after_two)
     try:
         assert finetune.run(dataclasses.replace(cfg, out=str(tmp_path / "b")), "qa", dist_state, verbose=False) is None
     finally:
-        train.StopFlag().stop = False
+        engine.StopFlag().stop = False
     assert n[0] == 2 and torch.load(tmp_path / "b" / "qa" / "ckpt.pt", weights_only=False)["next_batch"] == 2
     monkeypatch.undo()
     finetune.run(dataclasses.replace(cfg, out=str(tmp_path / "b"), resume=True), "qa", dist_state, verbose=False)

@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 
 import checkpoint
 import common
+import engine
 import train
 import vlm
 
@@ -141,15 +142,15 @@ def _ddp_worker(rank, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    ddp, r, world, device = train.setup_distributed()
+    ddp, r, world, device = engine.setup_distributed()
     assert ddp and r == rank and world == 2 and device == "cpu"
     model = _tiny_model()
-    obj = train.wrap_ddp(train.Objective(model, _loss), device)  # as train.py and finetune.py wrap it
+    obj = engine.wrap_ddp(engine.Objective(model, _loss), device)  # as train.py and finetune.py wrap it
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     _, ctx, scaler = common.amp_setup("float32", "cpu")
     b = _batch()
     half = {k: v[2 * rank:2 * rank + 2] for k, v in b.items()}
-    train.optimizer_step(obj, [half], opt, scaler, ctx, 2.0, ddp=True)
+    engine.optimizer_step(obj, [half], opt, scaler, ctx, 2.0, ddp=True)
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -166,7 +167,7 @@ def test_ddp_two_processes_average_gradients(tmp_path):
     start = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     _, ctx, scaler = common.amp_setup("float32", "cpu")
-    train.optimizer_step(train.Objective(model, _loss), [_batch()], opt, scaler, ctx, 2.0, ddp=False)
+    engine.optimizer_step(engine.Objective(model, _loss), [_batch()], opt, scaler, ctx, 2.0, ddp=False)
     single = model.state_dict()
     moved = [k for k in single if not torch.equal(single[k], start[k])]
     assert "video_mlp.0.weight" in " ".join(moved) or len(moved) > 3  # the step did move the weights
