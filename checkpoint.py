@@ -53,6 +53,15 @@ def atomic_save(obj, path):
         os.close(dir_fd)
 
 
+def save(path, model, tokenizer=None, **state):
+    """The one checkpoint file, written atomically: {"model": the encoder's weights, "model_config": its config,
+    "tokenizer": the tokenizer as JSON (or None), **state}. State is what the writer needs back: optimizer,
+    scaler, step, rng to resume (train.py's and finetune.py's ckpt.pt); task, head, ... for a fine-tuned
+    best.pt. load_model reads any of them; a model directory (save_model_dir) holds the same three parts as files."""
+    atomic_save({"model": model.state_dict(), "model_config": dataclasses.asdict(model.config),
+                 "tokenizer": tokenizer.to_str() if tokenizer is not None else None, **state}, path)
+
+
 def _write_model_dir(model, out_dir, tokenizer=None):
     """DIR/config.json (the config's fields), DIR/model.pt (state_dict), and tokenizer files: `tokenizer` (a
     tokenizers.Tokenizer or a directory) or else those of the directory the model was loaded from."""
@@ -182,6 +191,10 @@ def trained_tokenizer(path, data_dir, config=None):
     """The tokenizer saved with a model (its directory, or beside a ckpt.pt), else the data directory's. The
     data's tokenizer is taken only if it fits the model (`config`, a VLMConfig, or the model directory's
     config.json): same vocabulary size and special token ids; otherwise a CheckpointError."""
+    if os.path.isfile(path):  # a checkpoint file carries its tokenizer (checkpoint.save)
+        text = load_checkpoint(path, need=()).get("tokenizer")
+        if text:
+            return Tokenizer.from_str(text)
     for d in (path if os.path.isdir(path) else os.path.dirname(path), os.path.join(os.path.dirname(path), "model"),
               data_dir):
         if any(os.path.exists(os.path.join(d, f)) for f in ("tokenizer.json", "vocab.txt")):

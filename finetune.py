@@ -18,7 +18,6 @@ DDP / AMP machinery of engine.py, and model selection on the validation split (n
 epoch on validation is kept in OUT/<run>/best.pt and then evaluated once on test by evaluate.py.
 Every task at once, both rows and the results table: python experiments.py.
 """
-import dataclasses
 import json
 import os
 import time
@@ -32,8 +31,8 @@ import torch
 import data
 import evaluate
 import vlm as vlm_module
-from checkpoint import (CheckpointError, atomic_save, checkpoint_kind, load_checkpoint, load_finetuned, load_model,
-                        load_state_checked, trained_tokenizer)
+from checkpoint import (CheckpointError, checkpoint_kind, load_checkpoint, load_finetuned, load_model,
+                        load_state_checked, save, trained_tokenizer)
 from common import amp_setup, cli, parse_config
 from engine import (BETA2, Objective, StopFlag, any_rank, exit_if_stopped, lr_at, make_optimizer, optimizer_step,
                     set_lr, setup_distributed, to_device, wrap_ddp)
@@ -152,7 +151,9 @@ def resume_run(cfg, r):
     if not (cfg.resume and os.path.exists(r.ckpt_path)):
         return 0, 0, None
     ck = load_checkpoint(r.ckpt_path, need=("model", "optimizer", "epoch", "best", "step"))
-    load_state_checked(r.model, ck["model"], r.ckpt_path)
+    load_state_checked(r.model.vlm, ck["model"], r.ckpt_path)
+    if r.model.head is not None:
+        load_state_checked(r.model.head, ck["head"], r.ckpt_path)
     r.optimizer.load_state_dict(ck["optimizer"])
     r.best, r.step = ck["best"], ck["step"]
     if ck.get("next_batch"):
@@ -173,7 +174,7 @@ def train_epoch(cfg, r, epoch, rng, first_batch):
         losses.append(loss)
         r.step += 1
         if b + 1 < len(order) and any_rank(StopFlag().stop, r.ddp, r.device):
-            save_inside_epoch(r.model, r.optimizer, epoch, b + 1, r.best, r.step, rng, r.ckpt_path,
+            save_inside_epoch(r.model, r.tok, r.optimizer, epoch, b + 1, r.best, r.step, rng, r.ckpt_path,
                               (r.ddp, r.rank, r.world, r.device))
             if r.master:
                 print(f"stopped: {r.ckpt_path} saved at step {r.step} (epoch {epoch}, batch {b + 1}); "
@@ -198,12 +199,10 @@ def validate_epoch(cfg, r, epoch, losses, t0, verbose):
               + " ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, float)))
     if score > r.best:
         r.best = score
-        atomic_save({"task": r.task, "dataset": r.dataset, "model_config": dataclasses.asdict(r.mc),
-                     "model": r.model.vlm.state_dict(), "head": r.model.head.state_dict() if r.model.head else None,
-                     "num_classes": r.num_classes, "tokenizer": r.tok.to_str(),
-                     "temperature": cfg.temperature}, r.best_path)
-    atomic_save({"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(), "epoch": epoch,
-                 "best": r.best, "step": r.step}, r.ckpt_path)
+        save(r.best_path, r.model.vlm, r.tok, task=r.task, dataset=r.dataset, head=_head(r.model),
+             num_classes=r.num_classes, temperature=cfg.temperature)
+    save(r.ckpt_path, r.model.vlm, r.tok, head=_head(r.model), optimizer=r.optimizer.state_dict(), epoch=epoch,
+         best=r.best, step=r.step)
 
 
 def test_best(cfg, r, verbose):
@@ -248,7 +247,12 @@ def run(cfg, task, dist_state, dataset=None, verbose=True):
     return result
 
 
-def save_inside_epoch(model, optimizer, epoch, next_batch, best, step, rng, ckpt_path, dist_state):
+def _head(model):
+    """The task head's weights (segmentation), else None."""
+    return model.head.state_dict() if model.head is not None else None
+
+
+def save_inside_epoch(model, tok, optimizer, epoch, next_batch, best, step, rng, ckpt_path, dist_state):
     """The resumable state after a stop inside an epoch: weights, optimizer, position, every rank's caption RNG."""
     ddp, rank, world, _ = dist_state
     mine = (rng.bit_generator.state, torch.get_rng_state())  # captions drawn, dropout
@@ -257,8 +261,8 @@ def save_inside_epoch(model, optimizer, epoch, next_batch, best, step, rng, ckpt
         states = [None] * world
         torch.distributed.all_gather_object(states, mine)
     if rank == 0:
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "next_batch": next_batch, "best": best, "step": step, "rng": states}, ckpt_path)
+        save(ckpt_path, model.vlm, tok, head=_head(model), optimizer=optimizer.state_dict(), epoch=epoch,
+             next_batch=next_batch, best=best, step=step, rng=states)
 
 
 def main(argv=None):

@@ -38,8 +38,7 @@ import allinone
 import probes
 import vlm
 import world
-from checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model, load_state_checked,
-                        save_model_dir)
+from checkpoint import (CheckpointError, load_checkpoint, load_model, load_state_checked, save, save_model_dir)
 from common import amp_setup, cli, parse_config
 from data import DataError, FramePretrainData, PretrainData
 from engine import (BETA2, Objective, StopFlag, any_rank, bad_step_message, exit_if_stopped, lr_at, make_optimizer,
@@ -287,11 +286,9 @@ def save_checkpoint(cfg, s, step, n_skipped):
         states = [None] * s.world
         dist.all_gather_object(states, rng_state(s.gen))
     if s.master:
-        atomic_save({"model": s.raw_model.state_dict(), "model_config": dataclasses.asdict(s.raw_model.config),
-                     "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(), "step": step,
-                     "n_skipped": n_skipped, "rng": states, "train_config": dataclasses.asdict(cfg),
-                     "data_position": {"epoch": step // s.per_epoch,
-                                       "batch": (step % s.per_epoch) * cfg.grad_accum}}, s.ckpt_path)
+        save(s.ckpt_path, s.raw_model, s.tok, optimizer=s.optimizer.state_dict(), scaler=s.scaler.state_dict(),
+             step=step, n_skipped=n_skipped, rng=states, train_config=dataclasses.asdict(cfg),
+             data_position={"epoch": step // s.per_epoch, "batch": (step % s.per_epoch) * cfg.grad_accum})
 
 
 def validate(cfg, s):

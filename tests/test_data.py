@@ -4,16 +4,15 @@ and every bad-input case.
 
 Run: python -m pytest -q tests/test_data.py
 """
-import json, os, pickle, sys
+import json, os, pickle
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
-import readers  # noqa: E402
-import video  # noqa: E402
+import data
+import readers
+import video
 
 torch.set_num_threads(1)
 WORDS = [f"w{i}" for i in range(40)]

@@ -5,8 +5,6 @@ on a tiny fake model (and on the real vlm.VLM when it imports), and the fine-tun
     python -m pytest -q tests/test_losses.py
 """
 import math
-import os
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -15,10 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import losses  # noqa: E402
-import masking  # noqa: E402
-from losses import (caption_loss, contrastive_loss, frame_loss, mfm_mlm_loss, pretrain_loss,  # noqa: E402
+import losses
+import masking
+from losses import (caption_loss, contrastive_loss, frame_loss, mfm_mlm_loss, pretrain_loss,
                     step_bce_loss, vlm_loss)
 
 torch.set_num_threads(1)

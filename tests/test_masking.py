@@ -3,15 +3,12 @@ statistics of MFM-MLM / MMM token masking (sec. 3.2-3.3) over many draws of a fi
 
     python -m pytest -q tests/test_masking.py
 """
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import masking  # noqa: E402
-from masking import attention_mask, mask_batch, mask_text, mask_video, plan  # noqa: E402
+import masking
+from masking import attention_mask, mask_batch, mask_text, mask_video, plan
 
 torch.set_num_threads(1)
 

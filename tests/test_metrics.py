@@ -5,16 +5,13 @@ Run: python -m pytest -q tests/test_metrics.py
 """
 import itertools
 import math
-import os
 import random
 import shutil
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from metrics import (caption_metrics, dp_align, frame_accuracy, localization_recall, mc_accuracy,  # noqa: E402
+from metrics import (caption_metrics, dp_align, frame_accuracy, localization_recall, mc_accuracy,
                      retrieval_metrics, window_average, windows)
 
 

@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 import checkpoint
 import common
 import engine
+import tokens
 import train
 import vlm
 
@@ -45,6 +46,11 @@ def test_one_step_smoke(tiny_world, tmp_path):
     assert {"loss", "lr", "clips_per_s", "val_loss"} <= set(log[0])
     model = checkpoint.load_model(os.path.join(out, "model"))  # the final model directory loads
     assert model.config.hidden_size == 32
+    # one format: ckpt.pt holds the weights, the config and the tokenizer, so it is usable on its own
+    ck = torch.load(os.path.join(out, "ckpt.pt"), map_location="cpu", weights_only=False)
+    assert {"model", "model_config", "tokenizer", "optimizer", "step"} <= set(ck)
+    tok = checkpoint.trained_tokenizer(os.path.join(out, "ckpt.pt"), str(tmp_path / "no-such-data"))
+    assert tok.get_vocab() == tokens.load_tokenizer(tiny_world).get_vocab()
 
 
 def test_resume_is_bit_identical(tiny_world, tmp_path):

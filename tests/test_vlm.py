@@ -6,15 +6,13 @@ cached vs uncached caption decoding, save/load.
 import importlib.util
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import checkpoint  # noqa: E402
-import tokens  # noqa: E402
-import vlm  # noqa: E402
+import checkpoint
+import tokens
+import vlm
 
 torch.set_num_threads(1)
 

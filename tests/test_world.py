@@ -9,13 +9,11 @@ import hashlib
 import json
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import world  # noqa: E402
+import world
 
 
 @pytest.fixture(scope="module")
