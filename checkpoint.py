@@ -9,6 +9,8 @@ config as a dict; its "model" field, when present, says "allinone" (the frames m
     load_model(path)       -> a VLM / AllInOne with its weights (and tokenizer directory) from either form
     load_finetuned(path)   -> a TaskModel from finetune.py's best.pt
     atomic_save, save_model_dir: writes that a kill at any moment cannot half-finish
+
+Tests: python -m pytest -q tests/test_bad_input.py tests/test_train.py   (damaged files, kills mid-write)
 """
 import dataclasses
 import json

@@ -4,6 +4,8 @@
     flag_type(name, int, 1)  an argparse type whose error names the flag and its range
     amp_setup(dtype, device) (dtype, autocast context, GradScaler): bf16 on a GPU that has it, fp16 + scaler
     parse_config(Config, argv) a config dataclass from the command line: a flag per field, its comment the --help
+
+Tests: python -m pytest -q tests/test_bad_input.py   (every bad flag and file is one line naming it)
 """
 import argparse
 import dataclasses

@@ -3,6 +3,8 @@
 A directory holds either a `tokenizer.json` (the `tokenizers` library's format; the built-in world writes one)
 or a BERT `vocab.txt`, for which the lower-case BERT pipeline is rebuilt here. Padding and truncation are off:
 the sequence builder (vlm.py) adds [CLS] / [SEP] and the callers pad and truncate, counting what they cut.
+
+Tests: python -m pytest -q tests/test_vlm.py      (the same ids as transformers' BertTokenizerFast)
 """
 import os
 
