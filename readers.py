@@ -215,6 +215,16 @@ def read_crosstask_annotation(path):
 # Each load_* returns records (dicts, one per video or segment) and the store (video.py) their video_id index;
 # store.report holds the skip / clip counts, printed once as one line. Times are seconds of features (1 per s).
 
+def _subset_split(db, test_subset, name, split):
+    """A split's video ids of a YouCook2 / COIN database: train and val carved from its "training" subset (the
+    released held-out subset, `test_subset`, is our test), in a fixed order."""
+    train, val = _carve([v for v, x in db.items() if x["subset"] == "training"])
+    vids = {"train": train, "val": val, "test": sorted(v for v, x in db.items() if x["subset"] == test_subset)}
+    if split not in vids:
+        raise DataError(f"{name}: unknown split {split!r} (train, val, test)")
+    return vids[split]
+
+
 def _carve(ids, frac=0.1, seed=0):
     """Fixed-seed validation carve: -> (train ids, val ids), sorted, val at least 1 when possible."""
     ids = sorted(set(ids))
@@ -271,12 +281,8 @@ def _youcook(data_dir, split):
     d = _dataset_dir(data_dir, "youcook2")
     path = os.path.join(d, "youcookii_annotations_trainval.json")
     db, store, counts = read_database(path, "annotations"), open_features(os.path.join(d, "feats")), _counts()
-    train, val = _carve([v for v, x in db.items() if x["subset"] == "training"])
-    vids = {"train": train, "val": val, "test": sorted(v for v, x in db.items() if x["subset"] == "validation")}
-    if split not in vids:
-        raise DataError(f"youcook2: unknown split {split!r} (train, val, test)")
     segs = []
-    for vid in _keep(vids[split], store, f"{path} ({split})", counts):
+    for vid in _keep(_subset_split(db, "validation", "youcook2", split), store, f"{path} ({split})", counts):
         T = store.length(vid)
         for a in db[vid]["annotations"]:
             where = f"{path}: video {vid!r} annotation {a.get('id')}"
@@ -353,12 +359,8 @@ def load_coin(data_dir, split):
     db = read_database(path, "annotation")
     num_classes = 1 + max((_step_id(a, f"{path}: video {v!r}") for v, x in db.items() for a in x["annotation"]),
                           default=0)
-    train, val = _carve([v for v, x in db.items() if x["subset"] == "training"])
-    vids = {"train": train, "val": val, "test": sorted(v for v, x in db.items() if x["subset"] == "testing")}
-    if split not in vids:
-        raise DataError(f"coin: unknown split {split!r} (train, val, test)")
     recs = []
-    for vid in _keep(vids[split], store, f"{path} ({split})", counts):
+    for vid in _keep(_subset_split(db, "testing", "coin", split), store, f"{path} ({split})", counts):
         T = store.length(vid)
         labels = np.zeros(T, dtype=np.int64)  # (T,)
         for a in db[vid]["annotation"]:
