@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tokenizers import Tokenizer
 
 import checkpoint
 import common
@@ -49,7 +50,10 @@ def test_one_step_smoke(tiny_world, tmp_path):
     # one format: ckpt.pt holds the weights, the config and the tokenizer, so it is usable on its own
     ck = torch.load(os.path.join(out, "ckpt.pt"), map_location="cpu", weights_only=False)
     assert {"model", "model_config", "tokenizer", "optimizer", "step"} <= set(ck)
-    tok = checkpoint.trained_tokenizer(os.path.join(out, "ckpt.pt"), str(tmp_path / "no-such-data"))
+    assert Tokenizer.from_str(ck["tokenizer"]).get_vocab() == tokens.load_tokenizer(tiny_world).get_vocab()
+    lone = tmp_path / "lone.pt"  # a copy with nothing beside it: the tokenizer comes from the file itself
+    lone.write_bytes(open(os.path.join(out, "ckpt.pt"), "rb").read())
+    tok = checkpoint.trained_tokenizer(str(lone), str(tmp_path / "no-such-data"))
     assert tok.get_vocab() == tokens.load_tokenizer(tiny_world).get_vocab()
 
 
