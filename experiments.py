@@ -1,14 +1,15 @@
 """The experiments of the paper on the built-in world: every task fine-tuned from the pre-trained model and
 from scratch, the zero-shot rows, the yardsticks, and the results table of Tables 2-7 (paper sec. 5.3), plus the
-ablations of Tables 8-9 (sec. 5.4.1). Built on finetune.py (one task) and evaluate.py (one task's test numbers).
+ablations of Tables 8-9 (sec. 5.4.1; `python experiments.py --ablation --help`). Its flags are finetune.py's but
+--task (every task runs) and --scratch (both rows run). Built on finetune.py and evaluate.py.
 
   python experiments.py                  # every task, pre-trained and from scratch -> OUT/results.{md,json}
   python experiments.py --seeds 0,1,2    # mean +- standard deviation over fine-tuning seeds
   python experiments.py --init out/allinone/model --data data/world_video   # All-in-One from frames
   python experiments.py --ablation       # Tables 8-9: six pre-training variants (python experiments.py --ablation --help)
 
-Without --ablation the flags are finetune.py's (FinetuneConfig, all but --task). Yardsticks, on the same test
-splits as the model: the chance / trivial baselines, a linear floor below the transformer, a caption roof above.
+Yardsticks, on the same test splits as the model: the chance / trivial baselines, a linear floor below the
+transformer, a caption roof above.
 
 Tests: python -m pytest -q tests/test_finetune_recipe.py tests/test_probes.py tests/test_interrupts.py
 """

@@ -271,6 +271,8 @@ def main(argv=None):
     if cfg.task not in TASKS:
         raise SystemExit(f"--task {cfg.task!r}: choose one of {', '.join(TASKS)}"
                          + (" (every task: python experiments.py)" if cfg.task == "all" else ""))
+    if cfg.seeds:  # a field of the shared config, read by experiments.py only
+        raise SystemExit(f"--seeds {cfg.seeds}: finetune.py runs one seed (--seed); python experiments.py --seeds runs several")
     StopFlag()  # from here on Ctrl-C / SIGTERM stop the run at the next step (with a checkpoint)
     dist_state = setup_distributed()
     kind = checkpoint_kind(cfg.init) if cfg.model == "auto" else cfg.model

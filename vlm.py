@@ -9,7 +9,8 @@
 - the three attention modes of Fig. 3 through `masking.attention_mask`, separate video / text passes
   (footnote 2) and caption decoding with beam search and a key/value cache (sec. 4.5).
 The sequence layout (VIDEO_START, SEP1, TEXT_START, MAX_VIDEO) is defined once, in masking.py.
-Saving and loading our own checkpoints is checkpoint.py's job; `VLM.from_pretrained` is the way in from BERT.
+Saving and loading our own checkpoints is checkpoint.py's job; `VLM.from_pretrained` is the way in from a
+Hugging Face BERT directory (it also reads one of our model directories: the same config fields and weights).
 
 Tests: python -m pytest -q tests/test_vlm.py
 """
