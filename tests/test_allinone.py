@@ -278,11 +278,11 @@ def test_one_pretraining_step_and_one_finetuning_epoch(video_world, tmp_path):
     assert os.path.exists(tmp_path / "ft" / "qa-frames" / "best.pt")
 
 
-def test_frames_finetuning_stopped_inside_an_epoch_resumes_to_the_same_weights(video_world, tmp_path, monkeypatch):
+def test_frames_finetuning_stopped_inside_an_epoch_resumes_to_the_same_weights(video_world, tmp_path,
+                                                                             stop_and_resume):
     """The frames model fine-tunes through finetune.run like VLM: a stop after two steps saves the position and
     the RNG streams, and --resume ends on exactly the weights of an uninterrupted run."""
     import dataclasses
-    import engine
     import finetune
     import train
     pre = str(tmp_path / "pre")
@@ -291,34 +291,12 @@ def test_frames_finetuning_stopped_inside_an_epoch_resumes_to_the_same_weights(v
                 "--no-probe"])
     cfg = dataclasses.replace(finetune.FinetuneConfig(), data=video_world, init=os.path.join(pre, "model"), epochs=1,
                               batch_size=4)
-    dist_state = (False, 0, 1, "cpu")
-    finetune.run(dataclasses.replace(cfg, out=str(tmp_path / "a")), "retrieval", dist_state, verbose=False)
-    step_fn, n = finetune.optimizer_step, [0]
-
-    def stop_after_two(*a, **kw):
-        n[0] += 1
-        if n[0] == 2:
-            engine.StopFlag().stop = True  # as SIGTERM would
-        return step_fn(*a, **kw)
-
-    monkeypatch.setattr(finetune, "optimizer_step", stop_after_two)
-    try:
-        assert finetune.run(dataclasses.replace(cfg, out=str(tmp_path / "b")), "retrieval", dist_state,
-                            verbose=False) is None
-    finally:
-        engine.StopFlag().stop = False
-    run = "retrieval-msrvtt-frames"
-    assert torch.load(tmp_path / "b" / run / "ckpt.pt", weights_only=False)["next_batch"] == 2
-    monkeypatch.undo()
-    got = finetune.run(dataclasses.replace(cfg, out=str(tmp_path / "b"), resume=True), "retrieval", dist_state,
-                       verbose=False)
-    a = torch.load(tmp_path / "a" / run / "ckpt.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / run / "ckpt.pt", weights_only=False)
+    a, b, got = stop_and_resume(cfg, "retrieval", "retrieval-msrvtt-frames")
     assert a["step"] == b["step"] > 2 and set(got) == {"R1", "R5", "R10", "MedR"}
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     with pytest.raises(SystemExit, match="frames model"):  # segmentation has no frames recipe
-        finetune.run(dataclasses.replace(cfg, out=str(tmp_path / "c")), "segmentation", dist_state)
+        finetune.run(dataclasses.replace(cfg, out=str(tmp_path / "c")), "segmentation", (False, 0, 1, "cpu"))
 
 
 def test_use_search_on_video_files_reproduces_the_frames_runner(video_world, tmp_path, capsys):

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 import finetune
-import engine
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,29 +71,9 @@ def test_sigterm_in_train_saves_at_the_next_step_and_exits_non_zero(tiny_world, 
     assert f"stopped: checkpoint saved at step {step}" in stdout and 1 <= step < 100000
 
 
-def test_finetune_stopped_inside_an_epoch_resumes_to_the_same_weights(pretrained, tiny_world, tmp_path,
-                                                                      monkeypatch):
+def test_finetune_stopped_inside_an_epoch_resumes_to_the_same_weights(pretrained, tiny_world, stop_and_resume):
     cfg = dataclasses.replace(finetune.FinetuneConfig(), data=tiny_world, init=pretrained, epochs=1, batch_size=4)
-    dist_state = (False, 0, 1, "cpu")
-    finetune.run(dataclasses.replace(cfg, out=str(tmp_path / "a")), "qa", dist_state, verbose=False)
-    step_fn, n = finetune.optimizer_step, [0]
-
-    def stop_after_two(*a, **kw):
-        n[0] += 1
-        if n[0] == 2:
-            engine.StopFlag().stop = True  # as SIGTERM would
-        return step_fn(*a, **kw)
-
-    monkeypatch.setattr(finetune, "optimizer_step", stop_after_two)
-    try:
-        assert finetune.run(dataclasses.replace(cfg, out=str(tmp_path / "b")), "qa", dist_state, verbose=False) is None
-    finally:
-        engine.StopFlag().stop = False
-    assert n[0] == 2 and torch.load(tmp_path / "b" / "qa" / "ckpt.pt", weights_only=False)["next_batch"] == 2
-    monkeypatch.undo()
-    finetune.run(dataclasses.replace(cfg, out=str(tmp_path / "b"), resume=True), "qa", dist_state, verbose=False)
-    a = torch.load(tmp_path / "a" / "qa" / "ckpt.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "qa" / "ckpt.pt", weights_only=False)
+    a, b, _ = stop_and_resume(cfg, "qa", "qa")
     assert a["step"] == b["step"] > 2
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
