@@ -39,10 +39,14 @@ def setup_distributed():
     return True, dist.get_rank(), dist.get_world_size(), device
 
 
-def lr_at(step, lr, warmup, total):
-    """Linear warm-up to lr, then linear (polynomial power 1) decay to 0 at `total` steps (sec. 5.2)."""
+def lr_at(step, lr, warmup, total, decay="linear"):
+    """Linear warm-up to lr, then linear (polynomial power 1) decay to 0 at `total` steps (sec. 5.2), or with
+    decay="constant" the peak held to the end (from scratch, a short run must not decay while masked language
+    modelling is still on its plateau: docs/log.md, "Why the default pre-training does not ground")."""
     if step < warmup:
         return lr * (step + 1) / warmup
+    if decay == "constant":
+        return lr
     return lr * max(0.0, (total - step) / max(1, total - warmup))
 
 

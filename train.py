@@ -105,7 +105,8 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all --epochs)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 5e-4  # peak learning rate of Adam (0.9, 0.98), eps 1e-8, no weight decay (paper: 5e-5 from BERT)
-    warmup: int = 30  # linear warm-up steps (paper: 1000), then linear decay to 0
+    warmup: int = 30  # linear warm-up steps (paper: 1000), then --decay
+    decay: str = "linear"  # after warm-up: linear (to 0 at the last step, the paper's) | constant (hold the peak)
     grad_clip: float = 2.0  # clip the gradient norm at this value (0 = off)
     max_bad_steps: int = 8  # stop after this many non-finite steps in a row
     # DDP / precision
@@ -126,6 +127,8 @@ def check_config(cfg):
         raise SystemExit(f"--min_text_len {cfg.min_text_len} is above --max_text_len {cfg.max_text_len}")
     if not cfg.init and cfg.hidden % cfg.heads:
         raise SystemExit(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads}")
+    if cfg.decay not in ("linear", "constant"):
+        raise SystemExit(f"--decay {cfg.decay!r}: choose linear or constant")
     if cfg.model not in ("vlm", "allinone"):
         raise SystemExit(f"--model {cfg.model!r}: choose vlm or allinone")
 
@@ -384,7 +387,7 @@ def main(argv=None):
                                           start_batch=(step % s.per_epoch) * cfg.grad_accum,
                                           num_workers=cfg.num_workers))
         for _ in range(step % s.per_epoch, s.per_epoch):
-            lr = set_lr(s.optimizer, lr_at(step, cfg.lr, cfg.warmup, s.total))
+            lr = set_lr(s.optimizer, lr_at(step, cfg.lr, cfg.warmup, s.total, cfg.decay))
             # --grad_accum micro-batches of B = batch_videos x clips_per_video clips (data.PretrainData): {video
             # (B, Tv<=32, 512) zero-padded S3D seconds, video_mask (B, Tv), text_ids (B, Lt<=61) pieces without
             # [CLS]/[SEP], text_mask (B, Lt)}; frames (B, T, 3, S, S) uint8 for All-in-One; losses.py masks it

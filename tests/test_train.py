@@ -236,3 +236,18 @@ def test_torchrun_restarts_a_killed_worker_and_resumes(tiny_world, tmp_path):
     a, b = weights(straight), weights(out)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_lr_schedule_by_hand(tiny_world, tmp_path):
+    # warm-up 4 to lr 1.0, 10 steps: linear decay hits 0 at the last step; constant holds the peak
+    linear = [engine.lr_at(s, 1.0, 4, 10) for s in range(10)]
+    assert linear == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    constant = [engine.lr_at(s, 1.0, 4, 10, "constant") for s in range(10)]
+    assert constant == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 7)
+    # train.py logs the schedule it used
+    out = str(tmp_path / "c")
+    args = ["--data", tiny_world, "--out", out, "--max_steps", "4", "--decay", "constant"] + SMALL
+    train.main(args)
+    assert [r["lr"] for r in read_log(out)] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
+    with pytest.raises(SystemExit, match="--decay 'cosine'"):
+        train.main(args[:-len(SMALL)] + ["--decay", "cosine"] + SMALL)
