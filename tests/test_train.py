@@ -251,3 +251,11 @@ def test_lr_schedule_by_hand(tiny_world, tmp_path):
     assert [r["lr"] for r in read_log(out)] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
     with pytest.raises(SystemExit, match="--decay 'cosine'"):
         train.main(args[:-len(SMALL)] + ["--decay", "cosine"] + SMALL)
+
+
+def test_presets_set_defaults_and_flags_win():
+    cfg = common.parse_config(train.TrainConfig, ["--preset", "small", "--hidden", "64"], train.PRESETS)
+    assert (cfg.layers, cfg.hidden, cfg.heads, cfg.decay, cfg.max_steps) == (2, 64, 2, "constant", 1500)
+    assert common.parse_config(train.TrainConfig, [], train.PRESETS).decay == "linear"
+    with pytest.raises(SystemExit, match="--preset 'big'"):
+        common.parse_config(train.TrainConfig, ["--preset", "big"], train.PRESETS)
