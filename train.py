@@ -120,7 +120,7 @@ PRESETS = {
     # sec. 5.2: bert-base, 8 videos x 32 clips per GPU, Adam (0.9, 0.98), lr 5e-5, 1000 warm-up, 15 epochs
     "paper": dict(batch_videos=8, clips_per_video=32, lr=5e-5, warmup=1000, epochs=15, grad_clip=2.0),
     # from scratch on the built-in world: a small model held at its peak lr past the plateau of masked language
-    # modelling; its zero-shot retrieval is above chance (docs/log.md, "Why the default pre-training does not ground")
+    # modelling; its pre-training transfers (docs/log.md, "A recipe whose pre-training transfers")
     "small": dict(layers=2, hidden=128, heads=2, lr=1e-3, warmup=20, decay="constant", max_steps=1500),
 }
 
