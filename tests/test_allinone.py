@@ -338,42 +338,17 @@ def _frames_loss(m, b):
     return (joint + pooled).mean(), {}
 
 
-def _frames_ddp_worker(rank, port, out):
-    import torch.distributed as dist
-    import common
-    import engine
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ddp, r, world, device = engine.setup_distributed()
+def _frames_model():
     torch.manual_seed(0)
-    model = AllInOne(tiny_cfg())
-    obj = engine.wrap_ddp(engine.Objective(model, _frames_loss), device)  # as train.py and finetune.py wrap it
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # linear in the gradient: the averaging shows exactly
-    _, ctx, scaler = common.amp_setup("float32", "cpu")
-    half = {k: v[2 * rank:2 * rank + 2] for k, v in _frames_batch().items()}
-    engine.optimizer_step(obj, [half], opt, scaler, ctx, 2.0, ddp=True)
-    torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    return AllInOne(tiny_cfg())
 
 
 def test_frames_model_ddp_two_processes_average_gradients(tmp_path):
-    import socket
-    import torch.multiprocessing as mp
-    import common
-    import engine
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_frames_ddp_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
-    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    torch.manual_seed(0)
-    model = AllInOne(tiny_cfg())
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # linear in the gradient: the averaging shows exactly
-    _, ctx, scaler = common.amp_setup("float32", "cpu")
-    engine.optimizer_step(engine.Objective(model, _frames_loss), [_frames_batch()], opt, scaler, ctx, 2.0, ddp=False)
-    single = model.state_dict()
+    import functools
+    from conftest import ddp_vs_one_process
+    # SGD is linear in the gradient: the averaging shows exactly
+    w0, w1, start, single = ddp_vs_one_process(tmp_path, _frames_model, _frames_loss, _frames_batch,
+                                               functools.partial(torch.optim.SGD, lr=0.1))
     assert not torch.equal(single["frames.conv.weight"], start["frames.conv.weight"])  # the frame embedding moved
     for k in single:
         assert torch.equal(w0[k], w1[k]), k  # ranks agree exactly

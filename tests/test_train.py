@@ -5,18 +5,19 @@ one process on the concatenated batch), and a worker killed under `torchrun --ma
 
     python -m pytest -q tests/test_train.py
 """
+import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from tokenizers import Tokenizer
+
+from conftest import ddp_vs_one_process
 
 import checkpoint
 import common
@@ -147,38 +148,9 @@ def _loss(m, b):  # a mean over examples, so two halves averaged == the whole ba
     return m.encode_video(b["video"], b["video_mask"]).pow(2).sum(-1).mean(), {}
 
 
-def _ddp_worker(rank, port, out):
-    import torch.distributed as dist
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ddp, r, world, device = engine.setup_distributed()
-    assert ddp and r == rank and world == 2 and device == "cpu"
-    model = _tiny_model()
-    obj = engine.wrap_ddp(engine.Objective(model, _loss), device)  # as train.py and finetune.py wrap it
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    _, ctx, scaler = common.amp_setup("float32", "cpu")
-    b = _batch()
-    half = {k: v[2 * rank:2 * rank + 2] for k, v in b.items()}
-    engine.optimizer_step(obj, [half], opt, scaler, ctx, 2.0, ddp=True)
-    torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
-    dist.destroy_process_group()
-
-
 def test_ddp_two_processes_average_gradients(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
-    w0 = torch.load(tmp_path / "rank0.pt")
-    w1 = torch.load(tmp_path / "rank1.pt")
-    # one process, the concatenated batch
-    model = _tiny_model()
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    _, ctx, scaler = common.amp_setup("float32", "cpu")
-    engine.optimizer_step(engine.Objective(model, _loss), [_batch()], opt, scaler, ctx, 2.0, ddp=False)
-    single = model.state_dict()
+    w0, w1, start, single = ddp_vs_one_process(tmp_path, _tiny_model, _loss, _batch,
+                                               functools.partial(torch.optim.Adam, lr=1e-2))
     moved = [k for k in single if not torch.equal(single[k], start[k])]
     assert "video_mlp.0.weight" in " ".join(moved) or len(moved) > 3  # the step did move the weights
     for k in single:
