@@ -62,7 +62,7 @@ class FinetuneConfig:
     # optimizer (sec. 5.2)
     epochs: int = 0  # passes over the training set (0 = the task's default, Task.epochs)
     batch_size: int = 32  # examples per batch per process (clips, windows or captions)
-    lr: float = 2e-4  # peak learning rate (paper: 5e-5 for bert-base)
+    lr: float = 1e-3  # peak learning rate, for the small models of the built-in world (paper: 5e-5 for bert-base)
     warmup: int = 122  # warm-up steps (sec. 5.2), capped at a tenth of all steps for short runs
     grad_clip: float = 2.0  # gradient norm clip
     # DDP / precision

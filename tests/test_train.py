@@ -228,6 +228,7 @@ def test_lr_schedule_by_hand(tiny_world, tmp_path):
 def test_presets_set_defaults_and_flags_win():
     cfg = common.parse_config(train.TrainConfig, ["--preset", "small", "--hidden", "64"], train.PRESETS)
     assert (cfg.layers, cfg.hidden, cfg.heads, cfg.decay, cfg.max_steps) == (2, 64, 2, "constant", 1500)
-    assert common.parse_config(train.TrainConfig, [], train.PRESETS).decay == "linear"
+    assert common.parse_config(train.TrainConfig, [], train.PRESETS).decay == "constant"
+    assert common.parse_config(train.TrainConfig, ["--preset", "paper"], train.PRESETS).decay == "linear"
     with pytest.raises(SystemExit, match="--preset 'big'"):
         common.parse_config(train.TrainConfig, ["--preset", "big"], train.PRESETS)
