@@ -232,3 +232,12 @@ def test_presets_set_defaults_and_flags_win():
     assert common.parse_config(train.TrainConfig, ["--preset", "paper"], train.PRESETS).decay == "linear"
     with pytest.raises(SystemExit, match="--preset 'big'"):
         common.parse_config(train.TrainConfig, ["--preset", "big"], train.PRESETS)
+
+
+def test_dropout_flag_reaches_the_scratch_model(tiny_world, capsys):
+    cfg = common.parse_config(train.TrainConfig, ["--dropout", "0.2"], train.PRESETS)
+    model, _ = train.build_model(cfg, tiny_world)
+    assert model.config.hidden_dropout_prob == model.config.attention_probs_dropout_prob == 0.2
+    with pytest.raises(SystemExit):
+        common.parse_config(train.TrainConfig, ["--dropout", "1.5"], train.PRESETS)
+    assert "--dropout must be a number >= 0 and <= 1, got 1.5" in capsys.readouterr().err
