@@ -15,8 +15,7 @@ data: docs/data_formats.md.
 With no arguments it builds the built-in world in data/world if it is missing, trains a small model from
 scratch with the world's tokenizer, and writes OUT/{ckpt.pt, model/, log.jsonl} (OUT = out/pretrain).
 `--init DIR` starts from a Hugging Face BERT directory (the paper's setting) or a model directory of ours;
-`--preset paper` sets the hyper-parameters of sec. 5.2; `--preset small` the from-scratch recipe of docs/log.md.
-Several machines: torchrun's own rendezvous flags (README).
+`--preset paper` sets the hyper-parameters of sec. 5.2; several machines: torchrun's rendezvous flags (README).
 
 The skeleton follows nanoGPT: DDP only when torchrun's RANK is set, one autocast context, the raw model kept
 before torch.compile / DDP, loss / grad_accum, unscale -> clip -> step -> update -> zero_grad (engine.py, shared
@@ -45,7 +44,7 @@ from common import amp_setup, cli, parse_config
 from data import DataError, FramePretrainData, PretrainData
 from engine import (BETA2, Objective, StopFlag, any_rank, bad_step_message, exit_if_stopped, lr_at, make_optimizer,
                     optimizer_step, rng_state, set_lr, set_rng_state, setup_distributed, to_device, wrap_ddp)
-from losses import allinone_loss, pretrain_loss
+from losses import allinone_loss, pretrain_loss, text_loss
 from tokens import load_tokenizer, special_ids
 
 # -----------------------------------------------------------------------------------------------------------
@@ -54,11 +53,12 @@ from tokens import load_tokenizer, special_ids
 
 # valid range of each numeric flag, checked where it is parsed: (low, high, low excluded)
 RANGES = dict(layers=(1, None), hidden=(1, None), heads=(1, None), word_init=(0, None), dropout=(0, 1),
-              max_steps=(0, None), epochs=(1, None), batch_videos=(1, None), clips_per_video=(1, None),
+              max_steps=(0, None), epochs=(0, None), batch_videos=(1, None), clips_per_video=(1, None),
               grad_accum=(1, None), num_workers=(0, None), lr=(0, None, True), warmup=(0, None), grad_clip=(0, None),
               mmm_prob=(0, 1), min_text_len=(1, None), max_text_len=(1, None), log_every=(1, None),
               eval_every=(0, None), eval_batches=(1, None), ckpt_every=(1, None), stop_after=(0, None),
-              max_bad_steps=(1, None), batch_size=(1, None))
+              max_bad_steps=(1, None), batch_size=(1, None),
+              text_epochs=(-1, None), text_lr=(0, None, True))
 
 
 @dataclass
@@ -80,10 +80,8 @@ class TrainConfig:
     preset: str = ""  # "paper": bert-base settings of sec. 5.2 (use with --init); "small": see PRESETS
     seed: int = 0  # random seed (offset by rank for dropout; data order is shared and sharded)
     # data
-    # Many videos with few clips each (paper: 8 x 32). From scratch, a batch of few videos fills V' with
-    # near-copies of each masked second (overlapping clips of one video); L_VLM then rewards one shared video
-    # direction and the video stream collapses. 32 x 2, the same clips per step as 4 x 16, doubles the spread
-    # of the video states (docs/log.md, "What pre-training buys").
+    # many videos, few clips each (paper: 8 x 32): few videos fill V' with near-copies of each masked second and
+    # the video stream collapses; 32 x 2 doubles the spread of 4 x 16 (docs/log.md, "What pre-training buys")
     batch_videos: int = 32  # videos per batch per process (paper: 8)
     clips_per_video: int = 2  # clips drawn per video visit (paper: 32)
     min_text_len: int = 8  # minimum text tokens per sampled clip (paper ablation: 16)
@@ -103,14 +101,16 @@ class TrainConfig:
     loss: str = "vlm"  # vlm (Eq. 8-9) | mfm_mlm (Eq. 5-7, the ablation baseline)
     mmm_prob: float = 0.5  # share of examples masked as MMM (paper ablation: 0, 0.3, 0.5, 0.7)
     vtc: float = 0.0  # allinone: weight of the optional video-text contrastive loss (temperature 0.05)
+    # the text stage: from scratch, learn to read the text alone first, as the paper's model is BERT (docs/log.md)
+    text_epochs: int = -1  # passes of text-only MLM before L_VLM; -1 = 25 from scratch, 0 with --init or allinone
+    text_lr: float = 6e-3  # peak learning rate of the text stage (constant after --warmup)
     # optimizer (sec. 5.2)
-    epochs: int = 30  # passes over the pre-training videos (default world: 30 steps each, 900 steps)
-    max_steps: int = 0  # stop after this many optimizer steps (0 = run all --epochs)
+    epochs: int = 20  # passes of L_VLM over the pre-training videos (default world: 30 steps each; 0 = text alone)
+    max_steps: int = 0  # stop after this many L_VLM steps, after the text stage (0 = run all --epochs)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3  # peak learning rate of Adam (0.9, 0.98), eps 1e-8, no weight decay (paper: 5e-5 from BERT)
     warmup: int = 20  # linear warm-up steps (paper: 1000), then --decay
-    # constant by default: masked language modelling from scratch sits on a plateau for ~350 steps, and the
-    # paper's linear decay ends a short run there (docs/log.md, "Why the default pre-training does not ground")
+    # constant by default: a short linearly decayed run from scratch ends on the MLM plateau (docs/log.md)
     decay: str = "constant"  # after warm-up: linear (to 0 at the last step, the paper's) | constant (hold the peak)
     grad_clip: float = 2.0  # clip the gradient norm at this value (0 = off)
     max_bad_steps: int = 8  # stop after this many non-finite steps in a row
@@ -122,10 +122,9 @@ class TrainConfig:
 PRESETS = {
     # sec. 5.2: bert-base, 8 videos x 32 clips per GPU, Adam (0.9, 0.98), lr 5e-5, 1000 warm-up, 15 epochs
     "paper": dict(batch_videos=8, clips_per_video=32, lr=5e-5, warmup=1000, epochs=15, grad_clip=2.0, decay="linear"),
-    # the defaults' model with BERT's dropout for 1,500 steps: its pre-training beat training from scratch when
-    # fine-tuning ran at lr 2e-4, not at today's 1e-3 (docs/log.md, "A recipe whose pre-training transfers" and
-    # "The 10-minute default")
-    "small": dict(layers=2, hidden=128, heads=2, lr=1e-3, warmup=20, decay="constant", max_steps=1500, dropout=0.1),
+    # 1,500 L_VLM steps, BERT's dropout, no text stage: it beat from scratch at fine-tuning lr 2e-4 (docs/log.md)
+    "small": dict(layers=2, hidden=128, heads=2, lr=1e-3, warmup=20, decay="constant", max_steps=1500, dropout=0.1,
+                  text_epochs=0),
 }
 
 def check_config(cfg):
@@ -140,6 +139,8 @@ def check_config(cfg):
         raise SystemExit(f"--decay {cfg.decay!r}: choose linear or constant")
     if cfg.model not in ("vlm", "allinone"):
         raise SystemExit(f"--model {cfg.model!r}: choose vlm or allinone")
+    if cfg.model == "allinone" and cfg.text_epochs > 0:
+        raise SystemExit(f"--text_epochs {cfg.text_epochs}: the text stage is for --model vlm (All-in-One has MLM)")
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -147,9 +148,8 @@ def check_config(cfg):
 
 
 def ensure_world(data_dir, size, seed, master, ddp, video=False):
-    """Build the built-in world on (global) rank 0 if the data directory does not exist yet (video: with frames),
-    while the other ranks wait; it is written under a temp name and renamed, so a killed build never looks like a
-    world."""
+    """Build the built-in world on rank 0 if the data directory is missing (video: with frames), the others
+    waiting; written under a temp name and renamed, so a killed build never looks like a world."""
     if master and not os.path.exists(data_dir):
         print(f"building the built-in world ({size}{', with video' if video else ''}) in {data_dir} ...")
         t0 = time.time()
@@ -173,11 +173,9 @@ def scratch_config(cls, cfg, tok, **extra):
 
 
 def scratch_word_init(model, std):
-    """At BERT's init (std 0.02) the word embeddings (norm ~0.3) are dwarfed by the video tokens (MLP outputs,
-    norm ~5). L_VLM scores both in one softmax, and the cheapest way to tell the modalities apart is then one
-    shared direction added to every video token, which the embedding LayerNorm turns into near-identical video
-    inputs: the video stream collapses (measured: docs/log.md, "The video stream partly collapses"). A real BERT's words
-    have norm ~1.4; from scratch we start them at the video tokens' scale instead (finetune.py --scratch too)."""
+    """At BERT's init (std 0.02) words (norm ~0.3) are dwarfed by video tokens (norm ~5), and L_VLM then tells
+    the modalities apart by one direction shared by every video token: the video stream collapses (docs/log.md,
+    "The video stream partly collapses"). Start them at the video tokens' scale (finetune.py --scratch too)."""
     with torch.no_grad():
         model.bert.wte.weight.normal_(0.0, std)
         model.bert.wte.weight[model.config.pad_token_id].zero_()
@@ -215,8 +213,7 @@ def build_frames_model(cfg, data_dir):
 def build_data(cfg, model, tok, ddp, master):
     """(train, val) pre-training data: S3D features (data.PretrainData) or, for --model allinone, raw frames from
     howto100m/videos (data.FramePretrainData; text at most max_text_len - 2 pieces, for [CLS] and [SEP]).
-    Derived files (the token cache) go under OUT, never into the data; rank 0 builds them while the others wait,
-    then they read them (nodes that do not share OUT each build their own, under unique temp names)."""
+    The token cache goes under OUT, never into the data; rank 0 builds it while the others wait."""
     kw = dict(clips_per_video=cfg.clips_per_video, min_text=cfg.min_text_len, max_text=cfg.max_text_len,
               seed=cfg.seed, cache_dir=cfg.cache_dir or os.path.join(cfg.out, "cache"))
     cls = PretrainData
@@ -262,16 +259,21 @@ def setup(cfg):
     if s.per_epoch == 0:
         raise SystemExit(f"{cfg.data}: {s.train_data.num_videos} training videos are too few for "
                          f"{world_size} x {cfg.batch_videos} videos x {cfg.grad_accum} micro-steps per step")
-    s.total = cfg.max_steps or s.per_epoch * cfg.epochs
+    auto = 0 if cfg.init or cfg.model == "allinone" else 25
+    s.text_total = s.per_epoch * (auto if cfg.text_epochs < 0 else cfg.text_epochs)  # steps 0..text_total-1
+    s.total = s.text_total + (cfg.max_steps or s.per_epoch * cfg.epochs)
+    if s.total == 0:
+        raise SystemExit(f"--epochs 0 with --text_epochs {cfg.text_epochs}: nothing to train")
     s.optimizer = make_optimizer(s.raw_model, cfg.lr, BETA2, device)
     s.gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)  # masking draws
-    s.loss_fn, s.ckpt_path = make_loss_fn(cfg), os.path.join(cfg.out, "ckpt.pt")
+    stage2, s.step = make_loss_fn(cfg), 0  # s.step: the step being taken (the loop sets it), picks the stage
+    s.loss_fn = lambda m, b, g: text_loss(m, b, g) if s.step < s.text_total else stage2(m, b, g)
+    s.ckpt_path = os.path.join(cfg.out, "ckpt.pt")
     return s
 
 
 def resume(cfg, s):
-    """(step, n_skipped) to start from: (0, 0), or OUT/ckpt.pt's with --resume (or after a torchrun restart):
-    weights, optimizer, scaler and every rank's RNG state, so a resumed run is bit-identical to an unbroken one."""
+    """(step, n_skipped): (0, 0), or OUT/ckpt.pt's with --resume or after a torchrun restart (bit-identical)."""
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     if not ((cfg.resume or restarted) and os.path.exists(s.ckpt_path)):
         if cfg.resume and s.master:
@@ -292,8 +294,7 @@ def resume(cfg, s):
 
 
 def save_checkpoint(cfg, s, step, n_skipped):
-    """OUT/ckpt.pt, written atomically by rank 0 with every rank's RNG state (the data position is implied by
-    the step; it is recorded for readers)."""
+    """OUT/ckpt.pt, written atomically by rank 0 with every rank's RNG state (the data position: for readers)."""
     states = [rng_state(s.gen)]
     if s.ddp:
         states = [None] * s.world
@@ -302,6 +303,16 @@ def save_checkpoint(cfg, s, step, n_skipped):
         save(s.ckpt_path, s.raw_model, s.tok, optimizer=s.optimizer.state_dict(), scaler=s.scaler.state_dict(),
              step=step, n_skipped=n_skipped, rng=states, train_config=dataclasses.asdict(cfg),
              data_position={"epoch": step // s.per_epoch, "batch": (step % s.per_epoch) * cfg.grad_accum})
+
+
+def enter_step(cfg, s, step):
+    """Before step `step`: the text stage (steps 0..text_total-1) or the loss of --loss, each with its own lr and
+    warm-up; L_VLM starts as from a checkpoint, with fresh Adam moments. Returns the lr set."""
+    s.step, T = step, s.text_total  # s.step picks the stage in s.loss_fn
+    if step == T > 0:
+        s.optimizer.state.clear()
+    return set_lr(s.optimizer, lr_at(step, cfg.text_lr, cfg.warmup, T, "constant") if step < T else
+                  lr_at(step - T, cfg.lr, cfg.warmup, s.total - T, cfg.decay))
 
 
 def validate(cfg, s):
@@ -322,14 +333,14 @@ def validate(cfg, s):
 
 
 class StepLog:
-    """Rank 0's progress bar and OUT/log.jsonl: a record every --log_every steps (throughput since the last one),
-    with the validation loss every --eval_every steps and at the last step."""
+    """Rank 0's progress bar and OUT/log.jsonl: a record every --log_every steps, validation every --eval_every."""
 
     def __init__(self, cfg, s, step):
         self.cfg, self.s = cfg, s
         n_params = sum(p.numel() for p in s.raw_model.parameters())
         print(f"{n_params / 1e6:.2f}M parameters | {s.train_data.num_videos} videos | {s.per_epoch} steps/epoch | "
-              f"{s.total} steps | {s.world} process(es) on {s.device} | {s.dtype}")
+              f"{s.total} steps ({s.text_total} of them text alone) | {s.world} process(es) on {s.device} | "
+              f"{s.dtype}")
         print(json.dumps(dataclasses.asdict(cfg)))
         self.file = open(os.path.join(cfg.out, "log.jsonl"), "a")
         self.bar = tqdm(total=s.total, initial=step, dynamic_ncols=True, disable=None)
@@ -358,8 +369,7 @@ class StepLog:
 
 
 def finish(cfg, s, step, n_skipped):
-    """The end, on rank 0: OUT/model (weights, config, tokenizer) and, after a complete run, the zero-shot
-    grounding probes (docs/log.md, "Grounding probes and yardsticks"); then the process group goes down."""
+    """The end, on rank 0: OUT/model and, after a complete run, the zero-shot grounding probes; then DDP ends."""
     if s.master:
         model_dir = os.path.join(cfg.out, "model")
         save_model_dir(s.raw_model, model_dir, tokenizer=s.tok)
@@ -397,7 +407,7 @@ def main(argv=None):
                                           start_batch=(step % s.per_epoch) * cfg.grad_accum,
                                           num_workers=cfg.num_workers))
         for _ in range(step % s.per_epoch, s.per_epoch):
-            lr = set_lr(s.optimizer, lr_at(step, cfg.lr, cfg.warmup, s.total, cfg.decay))
+            lr = enter_step(cfg, s, step)
             # --grad_accum micro-batches of B = batch_videos x clips_per_video clips (data.PretrainData): {video
             # (B, Tv<=32, 512) zero-padded S3D seconds, video_mask (B, Tv), text_ids (B, Lt<=61) pieces without
             # [CLS]/[SEP], text_mask (B, Lt)}; frames (B, T, 3, S, S) uint8 for All-in-One; losses.py masks it

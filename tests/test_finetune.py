@@ -27,8 +27,8 @@ import vlm
 @pytest.fixture(scope="module")
 def pretrained(tiny_world, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("pre") / "run")
-    train.main(["--data", tiny_world, "--out", out, "--max_steps", "2", "--layers", "1", "--hidden", "32",
-                "--heads", "2", "--batch_videos", "2", "--clips_per_video", "4", "--eval_every", "0",
+    train.main(["--data", tiny_world, "--out", out, "--max_steps", "2", "--text_epochs", "0", "--layers", "1",
+                "--hidden", "32", "--heads", "2", "--batch_videos", "2", "--clips_per_video", "4", "--eval_every", "0",
                 "--eval_batches", "1"])
     return os.path.join(out, "model")
 

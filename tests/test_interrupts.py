@@ -20,7 +20,8 @@ import finetune
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--layers", "1", "--hidden", "32", "--heads", "2", "--batch_videos", "2", "--clips_per_video", "2",
+SMALL = ["--text_epochs", "0",  # no text stage (tests/test_train.py tests it)
+         "--layers", "1", "--hidden", "32", "--heads", "2", "--batch_videos", "2", "--clips_per_video", "2",
          "--eval_every", "0", "--eval_batches", "1", "--log_every", "1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

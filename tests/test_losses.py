@@ -257,6 +257,36 @@ def test_real_vlm_loss_falls():
     assert values[-1] < 0.7 * values[0], values  # about 5.6 -> 2.6 at the time of writing
 
 
+def test_text_loss_reads_the_text_alone():
+    import vlm
+    torch.manual_seed(0)
+    cfg = vlm.VLMConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64)
+    model = vlm.VLM(cfg).eval()
+    batch = make_batch(B=4, Tv=6, Lt=8, V=300, seed=5)
+    value, stats = losses.text_loss(model, batch, torch.Generator().manual_seed(3))
+    # reference: the same masking draws, then the JOINT pass under the isolated mask (text rows see only text)
+    # and the vocabulary logits of each masked row written out
+    specials = (cfg.cls_token_id, cfg.sep_token_id, cfg.pad_token_id, cfg.mask_token_id)
+    ids, labels = masking.mask_text(batch["text_ids"], batch["text_mask"], 0.15, torch.Generator().manual_seed(3),
+                                    cfg.mask_token_id, cfg.vocab_size, specials)
+    h = model(batch["video"], batch["video_mask"], ids, batch["text_mask"], attention="isolated")
+    rows = (labels != -100).nonzero().tolist()
+    E = model.word_embeddings
+    ref = [_nll([_dot(model.transform(h[b, masking.TEXT_START + t]), w) for w in E], int(labels[b, t]))
+           for b, t in rows]
+    assert len(rows) > 0 and stats == dict(n_masked_video=0, n_masked_text=len(rows), n_negatives=0)
+    assert value.item() == pytest.approx(sum(ref) / len(ref), rel=1e-5)
+    # the video is not read: other features, the same loss
+    other = dict(batch, video=torch.randn_like(batch["video"]))
+    assert losses.text_loss(model, other, torch.Generator().manual_seed(3))[0].item() == pytest.approx(value.item())
+    # every parameter gets a gradient; the unused ones (the video MLP, the output bias) exactly 0
+    value.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert all(bool((p.grad == 0).all()) for p in [*model.video_mlp.parameters(), model.output_bias])
+    assert model.word_embeddings.grad.abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Fine-tuning losses against hand values
 

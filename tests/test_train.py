@@ -27,7 +27,8 @@ import train
 import vlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--layers", "1", "--hidden", "32", "--heads", "2", "--batch_videos", "2", "--clips_per_video", "4",
+SMALL = ["--text_epochs", "0",  # no text stage (tests/test_train.py tests it)
+         "--layers", "1", "--hidden", "32", "--heads", "2", "--batch_videos", "2", "--clips_per_video", "4",
          "--log_every", "1", "--eval_every", "0", "--eval_batches", "1", "--warmup", "2", "--lr", "1e-3"]
 
 
@@ -74,6 +75,14 @@ def test_resume_is_bit_identical(tiny_world, tmp_path):
     other = str(tmp_path / "c")
     train.main(["--data", tiny_world, "--max_steps", "6", "--seed", "1", "--out", other] + SMALL)
     assert not all(torch.equal(wa[k], weights(other)[k]) for k in wa)
+    # across the switch from the text stage (14 steps) to L_VLM, stopped at the last text step
+    straight, resumed = str(tmp_path / "d"), str(tmp_path / "e")
+    args = ["--data", tiny_world, "--max_steps", "2"] + SMALL[2:] + ["--text_epochs", "1"]
+    train.main(args + ["--out", straight])
+    train.main(args + ["--out", resumed, "--stop_after", "14"])
+    train.main(args + ["--out", resumed, "--resume"])
+    assert [r["loss"] for r in read_log(straight)] == [r["loss"] for r in read_log(resumed)]
+    assert all(torch.equal(a, b) for a, b in zip(weights(straight).values(), weights(resumed).values()))
 
 
 WRITER = """
@@ -223,6 +232,25 @@ def test_lr_schedule_by_hand(tiny_world, tmp_path):
     assert [r["lr"] for r in read_log(out)] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
     with pytest.raises(SystemExit, match="--decay 'cosine'"):
         train.main(args[:-len(SMALL)] + ["--decay", "cosine"] + SMALL)
+
+
+def test_text_stage_comes_first_with_its_own_lr(tiny_world, tmp_path):
+    # --text_epochs 1: one epoch (14 steps of 2 videos) of text alone at --text_lr, then --max_steps of L_VLM
+    # with a fresh warm-up to --lr; the log shows which loss each step took (the text stage masks no video)
+    out = str(tmp_path / "t")
+    args = ["--data", tiny_world, "--out", out, "--max_steps", "3"] + SMALL[2:] + ["--text_epochs", "1",
+                                                                                  "--text_lr", "4e-3"]
+    assert train.main(args) == 17
+    log = read_log(out)
+    assert [r["lr"] for r in log] == pytest.approx([2e-3] + [4e-3] * 13 + [5e-4, 1e-3, 1e-3])
+    assert [r["n_masked_video"] + r["n_negatives"] for r in log[:14]] == [0] * 14
+    assert all(r["n_negatives"] > 0 for r in log[14:]) and all(r["n_masked_text"] > 0 for r in log)
+    # from scratch the stage is on by default (15 epochs), off from a checkpoint and for All-in-One
+    assert common.parse_config(train.TrainConfig, [], train.PRESETS).text_epochs == -1
+    with pytest.raises(SystemExit, match="--text_epochs 2: the text stage is for --model vlm"):
+        train.main(args[:-4] + ["--model", "allinone", "--text_epochs", "2"])
+    with pytest.raises(SystemExit, match="nothing to train"):
+        train.main(["--data", tiny_world, "--out", str(tmp_path / "n"), "--epochs", "0"] + SMALL)
 
 
 def test_presets_set_defaults_and_flags_win():
