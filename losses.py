@@ -133,7 +133,7 @@ def pretrain_loss(model, batch, gen, loss="vlm", mmm_prob=0.5, p_text=0.15, p_vi
 
 
 def text_loss(model, batch, gen, p_text=0.15):
-    """The text stage of train.py (--text_steps): BERT's masked language modelling on the text alone, through the
+    """The text stage of train.py (--text_epochs): BERT's masked language modelling on the text alone, through the
     isolated text pass, scored as L_VLM scores a text row when nothing else is in the batch (logits e.E^T, no
     bias, Eq. 9 without video columns). From scratch it stands in for the BERT checkpoint the paper starts from:
     under L_VLM a 15%-masked text row, the only kind whose context is visible, is about 1 masked row in 8, and a
@@ -147,7 +147,7 @@ def text_loss(model, batch, gen, p_text=0.15):
     e_text = model.transform(h[sel])                                          # (Nt, H) Eq. 4
     none = e_text.new_zeros((0, e_text.shape[1]))
     value = vlm_loss(none, none, none, e_text, labels[sel], model.word_embeddings)
-    value = value + _zero(*model.parameters())  # the video MLP and the bias are unused: gradient exactly 0
+    value = value + _zero(*model.video_mlp.parameters(), model.output_bias)  # unused here: gradient exactly 0
     return value, dict(n_masked_video=0, n_masked_text=int(sel.sum()), n_negatives=0)
 
 
