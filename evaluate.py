@@ -284,9 +284,9 @@ def clip_frames(store, recs, cfg):
 
 
 @torch.no_grad()
-def frames_vectors(model, frames, ids, device, ctx, batch_size=64):
-    """Pooled text (N_text, H) and video (N_video, H) vectors from separate passes (no rolling).
-    frames: uint8 (N_video, T, 3, S, S); ids: N_text lists of word-piece ids."""
+def frames_vectors(model, frames, ids, device, ctx, cosine=False, batch_size=64):
+    """Pooled text (N_text, H) and video (N_video, H) vectors from separate passes (no rolling), unit length
+    when `cosine`. frames: uint8 (N_video, T, 3, S, S); ids: N_text lists of word-piece ids."""
     v, t = [], []
     for sl in _batches(len(frames), batch_size):
         with ctx:
@@ -295,7 +295,8 @@ def frames_vectors(model, frames, ids, device, ctx, batch_size=64):
         x, m = data.pad_texts(ids[sl], model.config.pad_token_id)  # (N, Lt)
         with ctx:
             t.append(model.encode_text(x.to(device), m.to(device)).float().cpu())  # (N, H)
-    return torch.cat(t), torch.cat(v)
+    t, v = torch.cat(t), torch.cat(v)
+    return (F.normalize(t, dim=-1), F.normalize(v, dim=-1)) if cosine else (t, v)
 
 
 def mc_candidates(texts, seed=0):
@@ -313,8 +314,8 @@ def mc_candidates(texts, seed=0):
 def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcontext()):
     """retrieval (MSR-VTT-like, text -> video) or qa (test: MSR_MC_test; val: mc_candidates) for the frames
     model, both on dot products of pooled vectors from separate passes (as VLM's retrieval and QA).
-    Raw dot products, not cosine: frames fine-tuning trains on them (tasks.FRAMES)."""
-    m = getattr(model, "vlm", model)
+    Raw dot products, or cosine for a model fine-tuned with --temperature (model.cosine), as VLM's."""
+    m, cosine = getattr(model, "vlm", model), getattr(model, "cosine", False)
     was_training = m.training
     m.eval()
     try:
@@ -323,7 +324,7 @@ def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcon
         if task == "retrieval":
             recs, store = readers.load_retrieval(data_dir, "msrvtt", split, videos=True)
             ids = _tokenize(tok, [r["texts"][0] for r in recs], n_tok)
-            t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx)
+            t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx, cosine)
             return retrieval_metrics(t @ v.T)  # (N_text, N_video)
         if task != "qa":
             raise SystemExit(f"the frames model evaluates retrieval and qa, not {task!r}")
@@ -334,7 +335,7 @@ def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcon
             recs, store = readers.load_retrieval(data_dir, "msrvtt", split, videos=True)
             cands, answers = mc_candidates([r["texts"][0] for r in recs])
         ids = _tokenize(tok, [c for cs in cands for c in cs], n_tok)
-        t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx)  # (N * K, H), (N, H)
+        t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx, cosine)  # (N*K, H), (N, H)
         scores = torch.einsum("nh,nkh->nk", v, t.view(len(recs), len(cands[0]), -1))  # (N, K)
         return {"acc": mc_accuracy(scores.numpy(), np.array(answers))}
     finally:

@@ -105,9 +105,8 @@ def setup_run(cfg, task, dist_state, dataset):
     r = SimpleNamespace(task=task, ddp=ddp, rank=rank, world=world, device=device, master=rank == 0)
     # a frames model (All-in-One) fine-tunes MSR-VTT-like retrieval or qa from video files (tasks.FRAMES)
     frames = (checkpoint_kind(cfg.init) if cfg.model == "auto" else cfg.model) == "allinone"
-    if frames and (task not in FRAMES or cfg.temperature > 0):
-        raise SystemExit(f"--task {task} --temperature {cfg.temperature}: the frames model (allinone) fine-tunes "
-                         "retrieval or qa, on raw dot products")
+    if frames and task not in FRAMES:
+        raise SystemExit(f"--task {task}: the frames model (allinone) fine-tunes retrieval or qa")
     r.spec = (FRAMES if frames else TASKS)[task]
     r.dataset = "msrvtt" if frames else dataset or ("msrvtt" if task == "qa" else cfg.dataset)
     name = (f"{task}-{r.dataset}" if task == "retrieval" else task) + ("-frames" if frames else "")

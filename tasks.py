@@ -222,17 +222,27 @@ def frames_batch(exs, rng, mc, store):
     return {"frames": frames, "text_ids": ids, "text_mask": mask}
 
 
+def frame_pair_vectors(tm, b, temperature):
+    """pair_vectors for frames: pooled text and video vectors of separate passes (no rolling)."""
+    t, v = tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"])
+    if temperature > 0:
+        t, v = F.normalize(t.float(), dim=-1) / temperature, F.normalize(v.float(), dim=-1)
+    return t, v
+
+
 def frames_retrieval_loss(tm, b, temperature):
-    """In-batch text -> video cross-entropy on raw dot products (the frames recipe has no temperature)."""
-    return contrastive_loss(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"])), {}
+    """In-batch text -> video cross-entropy (raw dot products, or cosine / temperature)."""
+    t, v = frame_pair_vectors(tm, b, temperature)
+    return contrastive_loss(t, v), {}
 
 
 def frames_qa_loss(tm, b, temperature):
-    """Video -> text: rank the captions for a video (VLM's sec. 4.4 recipe), raw dot products."""
-    return contrastive_loss(tm.vlm.encode_video(b["frames"]), tm.vlm.encode_text(b["text_ids"], b["text_mask"])), {}
+    """Video -> text: rank the captions for a video (VLM's sec. 4.4 recipe)."""
+    t, v = frame_pair_vectors(tm, b, temperature)
+    return contrastive_loss(v, t), {}
 
 
 FRAMES = {
-    "retrieval": Task(frames_examples, frames_batch, frames_retrieval_loss, epochs=8),
-    "qa": Task(frames_examples, frames_batch, frames_qa_loss, epochs=8),
+    "retrieval": Task(frames_examples, frames_batch, frames_retrieval_loss, epochs=40),
+    "qa": Task(frames_examples, frames_batch, frames_qa_loss, epochs=40),
 }

@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import bert
@@ -58,6 +59,7 @@ def load_model(path, data_dir="data/world", tokenizer=""):
     if "task" in ck:  # a fine-tuned best.pt (finetune.py)
         tm = checkpoint.load_finetuned(path)
         model, task, tok = tm.vlm, ck["task"], getattr(tm, "tokenizer", None)
+        model.cosine = tm.cosine  # fine-tuned on cosine logits (--temperature): embeddings are unit length
     else:
         model = checkpoint.load_model(path)
     if tokenizer:
@@ -169,12 +171,18 @@ def setup_device():
 def encode_clips(model, clips):
     """Clips (k_i, 512), or frames (T, 3, S, S) -> (N, H) float32 video embeddings (model.encode_video)."""
     device, ctx = setup_device()
-    if video_input(model) == "frames":
-        with ctx:
-            return model.to(device).encode_video(torch.stack(clips).to(device)).float().cpu()
-    b = data.collate_pairs(clips, [[0]] * len(clips))
     with ctx:
-        return model.to(device).encode_video(b["video"].to(device), b["video_mask"].to(device)).float().cpu()
+        if video_input(model) == "frames":
+            v = model.to(device).encode_video(torch.stack(clips).to(device)).float().cpu()
+        else:
+            b = data.collate_pairs(clips, [[0]] * len(clips))
+            v = model.to(device).encode_video(b["video"].to(device), b["video_mask"].to(device)).float().cpu()
+    return unit(model, v)
+
+
+def unit(model, x):
+    """x unchanged, or unit rows for a model fine-tuned on cosine logits (as the evaluation runners rank)."""
+    return F.normalize(x, dim=-1) if getattr(model, "cosine", False) else x
 
 
 def embed_videos(model, paths, batch_size=64):
@@ -202,7 +210,7 @@ def embed_texts(model, tok, texts):
     """(N, H) float32 text embeddings (the evaluation runners' own text encoder)."""
     device, ctx = setup_device()
     n = model.config.max_text_len - 2 if video_input(model) == "frames" else data.MAX_TEXT  # [CLS], [SEP] added
-    return encode_text_ids(model.to(device), tokenize(tok, texts, n), device, ctx)
+    return unit(model, encode_text_ids(model.to(device), tokenize(tok, texts, n), device, ctx))
 
 
 def save_embeddings(out, ids, emb, ckpt, videos, skipped=()):

@@ -278,6 +278,44 @@ def test_one_pretraining_step_and_one_finetuning_epoch(video_world, tmp_path):
     assert os.path.exists(tmp_path / "ft" / "qa-frames" / "best.pt")
 
 
+def test_frames_cosine_finetuning_ranks_by_cosine_in_evaluate_and_use(video_world, tmp_path):
+    """--temperature works for frames: the best.pt ranks by cosine in evaluate.py and in use.py search alike."""
+    import evaluate
+    import finetune
+    import metrics
+    import train
+    import use
+    pre = str(tmp_path / "pre")
+    train.main(["--model", "allinone", "--data", video_world, "--out", pre, "--hidden", "32", "--heads", "2",
+                "--layers", "1", "--batch_videos", "4", "--max_text_len", "16", "--max_steps", "1", "--eval_every", "0",
+                "--no-probe"])
+    finetune.main(["--task", "retrieval", "--init", os.path.join(pre, "model"), "--data", video_world, "--out",
+                   str(tmp_path / "ft"), "--epochs", "1", "--batch_size", "8", "--temperature", "0.05"])
+    best = str(tmp_path / "ft" / "retrieval-msrvtt-frames" / "best.pt")
+    tm = checkpoint.load_finetuned(best)
+    assert tm.cosine
+    tok = tokens.load_tokenizer(video_world)
+    got = evaluate.run_frames_task("retrieval", tm, video_world, "test", tok)
+    # by hand: unit vectors of the two passes, then the paper's metrics
+    import readers
+    recs, store = readers.load_retrieval(video_world, "msrvtt", "test", videos=True)
+    c = tm.vlm.config
+    with torch.no_grad():
+        tm.vlm.eval()
+        v = torch.cat([tm.vlm.encode_video(store.clip(r["video_id"], r.get("start"), r.get("end"), c.num_frames,
+                                                      c.frame_size)[None]) for r in recs])
+        ids = [tok.encode(r["texts"][0], add_special_tokens=False).ids[:c.max_text_len - 2] for r in recs]
+        t = torch.cat([tm.vlm.encode_text(torch.tensor([x]), torch.ones(1, len(x), dtype=torch.bool)) for x in ids])
+    want = metrics.retrieval_metrics((F.normalize(t, dim=-1) @ F.normalize(v, dim=-1).T).numpy())
+    assert got == pytest.approx(want)
+    raw = metrics.retrieval_metrics((t @ v.T).numpy())
+    assert raw != pytest.approx(want)  # the two rankings differ here, so the check above can fail
+    csv_path = os.path.join(video_world, "msrvtt", "MSRVTT_JSFUSION_test.csv")
+    found = use.main(["search", "--ckpt", best, "--videos", os.path.join(video_world, "msrvtt", "videos"),
+                      "--queries", csv_path, "--only_named", "--data", video_world])
+    assert found == pytest.approx(got, abs=1e-9)
+
+
 def test_frames_finetuning_stopped_inside_an_epoch_resumes_to_the_same_weights(video_world, tmp_path,
                                                                              stop_and_resume):
     """The frames model fine-tunes through finetune.run like VLM: a stop after two steps saves the position and

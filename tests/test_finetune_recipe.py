@@ -65,7 +65,7 @@ class _Fixed(torch.nn.Module):
     def encode_text(self, ids, mask):
         return self.t
 
-    def encode_video(self, video, mask):
+    def encode_video(self, video, mask=None):  # features (video, mask) or frames (frames)
         return self.v
 
 
@@ -81,6 +81,11 @@ def test_temperature_flag_gives_cosine_logits_and_zero_keeps_the_papers_dot_prod
     assert tasks.task_loss("retrieval", 0.05)(_Fixed(t, v), b)[0].item() == pytest.approx(want.item(), rel=1e-5)
     want_qa = torch.nn.functional.cross_entropy(cos.T / 0.05, torch.arange(2))  # video -> text
     assert tasks.task_loss("qa", 0.05)(_Fixed(t, v), b)[0].item() == pytest.approx(want_qa.item(), rel=1e-5)
+    # the frames model's retrieval and QA take the same flag
+    bf = {"text_ids": None, "text_mask": None, "frames": None}
+    assert tasks.FRAMES["retrieval"].loss(_Fixed(t, v), bf, 0.0)[0].item() == pytest.approx(raw.item())
+    assert tasks.FRAMES["retrieval"].loss(_Fixed(t, v), bf, 0.05)[0].item() == pytest.approx(want.item(), rel=1e-5)
+    assert tasks.FRAMES["qa"].loss(_Fixed(t, v), bf, 0.05)[0].item() == pytest.approx(want_qa.item(), rel=1e-5)
 
 
 def test_a_cosine_trained_model_is_ranked_by_cosine(tiny_world):
