@@ -145,7 +145,6 @@ def test_checkpoint_round_trip_and_bert_loading(tmp_path):
         ref = hf.bert(F.pad(ids, (1, 1), value=3)).last_hidden_state
     assert torch.allclose(ours, ref, atol=1e-5)
     checkpoint.save_model_dir(m, str(tmp_path / "saved"))
-    import vlm
     back = checkpoint.load_model(str(tmp_path / "saved"))  # one checkpoint format: the config names the model kind
     assert isinstance(back, AllInOne) and back.config == m.config
     frames, t, mask = batch()
@@ -341,7 +340,6 @@ def test_use_search_on_video_files_reproduces_the_frames_runner(video_world, tmp
     """use.py reads the world's rendered .mp4 files for a frames model and ranks them as evaluate.py does."""
     import evaluate
     import use
-    import vlm
     tok = tokens.load_tokenizer(video_world)
     ids = tokens.special_ids(tok)
     torch.manual_seed(0)
