@@ -56,9 +56,13 @@ def pair_vectors(tm, b, temperature):
     """Pooled text and video vectors (B, H) of two separate passes; temperature > 0: cosine / temperature
     instead of the paper's raw dot products."""
     t = tm.vlm.encode_text(b["text_ids"], b["text_mask"])  # (B, H)
-    v = tm.vlm.encode_video(b["video"], b["video_mask"])  # (B, H)
+    return scaled(t, tm.vlm.encode_video(b["video"], b["video_mask"]), temperature)  # video (B, H)
+
+
+def scaled(t, v, temperature):
+    """(t, v) as they are (the paper's dot products), or unit rows with t / temperature when temperature > 0."""
     if temperature > 0:
-        t, v = F.normalize(t.float(), dim=-1) / temperature, F.normalize(v.float(), dim=-1)
+        return F.normalize(t.float(), dim=-1) / temperature, F.normalize(v.float(), dim=-1)
     return t, v
 
 
@@ -224,10 +228,7 @@ def frames_batch(exs, rng, mc, store):
 
 def frame_pair_vectors(tm, b, temperature):
     """pair_vectors for frames: pooled text and video vectors of separate passes (no rolling)."""
-    t, v = tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"])
-    if temperature > 0:
-        t, v = F.normalize(t.float(), dim=-1) / temperature, F.normalize(v.float(), dim=-1)
-    return t, v
+    return scaled(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"]), temperature)
 
 
 def frames_retrieval_loss(tm, b, temperature):

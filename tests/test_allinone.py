@@ -282,6 +282,7 @@ def test_frames_cosine_finetuning_ranks_by_cosine_in_evaluate_and_use(video_worl
     import evaluate
     import finetune
     import metrics
+    import readers
     import train
     import use
     pre = str(tmp_path / "pre")
@@ -296,7 +297,6 @@ def test_frames_cosine_finetuning_ranks_by_cosine_in_evaluate_and_use(video_worl
     tok = tokens.load_tokenizer(video_world)
     got = evaluate.run_frames_task("retrieval", tm, video_world, "test", tok)
     # by hand: unit vectors of the two passes, then the paper's metrics
-    import readers
     recs, store = readers.load_retrieval(video_world, "msrvtt", "test", videos=True)
     c = tm.vlm.config
     with torch.no_grad():
