@@ -114,6 +114,12 @@ def _tokenize(tok, texts, max_len=61):
 # -----------------------------------------------------------------------------------------------------------
 # evaluation runners: one function per task, shared by finetune.py (validation) and the command line (test).
 # Each takes (task, model, data_dir, split, tok, dataset, device, ctx, show) and returns {metric: value}.
+def as_ranked(model, *xs):
+    """xs as the runners rank them: unit rows for a model fine-tuned on cosine logits (--temperature sets
+    model.cosine), else unchanged (the paper's raw dot products)."""
+    return tuple(F.normalize(x, dim=-1) for x in xs) if getattr(model, "cosine", False) else xs
+
+
 # `model` is a fine-tuned vlm.TaskModel (.vlm, .head, .cosine) or a bare VLM (zero-shot); `show` prints that
 # many worked examples (paper Tables 10-11). Test splits give the paper's numbers, val splits finetune.py's
 # selection number (SELECT). Video features: (T, 512) per second (docs/data_formats.md); H = hidden size.
@@ -130,8 +136,7 @@ def _retrieval(task, model, data_dir, split, tok, dataset, device, ctx, show):
     texts = [r["texts"][0] for r in recs]  # the first caption of each clip is its query
     v = encode_videos(vlm, [record_clip(store, r) for r in recs], device, ctx)  # (N, H)
     t = encode_text_ids(vlm, _tokenize(tok, texts), device, ctx)  # (N, H)
-    if getattr(model, "cosine", False):  # fine-tuned with --temperature: rank by cosine
-        t, v = F.normalize(t, dim=-1), F.normalize(v, dim=-1)
+    t, v = as_ranked(model, t, v)  # cosine when fine-tuned with --temperature
     sim = t @ v.T  # (N_text, N_video): one similarity matrix from separate passes
     # qa is selected on video -> text retrieval (the multiple-choice set has no validation split)
     m = retrieval_metrics(sim.T if task == "qa" else sim)
@@ -154,8 +159,7 @@ def _qa(task, model, data_dir, split, tok, dataset, device, ctx, show):
     v = encode_videos(vlm, [record_clip(store, r) for r in recs], device, ctx)  # (N, H)
     cands = [c for r in recs for c in r["candidates"]]
     t = encode_text_ids(vlm, _tokenize(tok, cands), device, ctx).view(len(recs), 5, -1)  # (N * 5, H) -> (N, 5, H)
-    if getattr(model, "cosine", False):
-        t, v = F.normalize(t, dim=-1), F.normalize(v, dim=-1)
+    t, v = as_ranked(model, t, v)
     scores = torch.einsum("nh,nkh->nk", v, t).numpy()  # (N, 5)
     answers = np.array([r["answer"] for r in recs])
     for i in range(min(show, len(recs))):
@@ -284,9 +288,10 @@ def clip_frames(store, recs, cfg):
 
 
 @torch.no_grad()
-def frames_vectors(model, frames, ids, device, ctx, cosine=False, batch_size=64):
-    """Pooled text (N_text, H) and video (N_video, H) vectors from separate passes (no rolling), unit length
-    when `cosine`. frames: uint8 (N_video, T, 3, S, S); ids: N_text lists of word-piece ids."""
+def frames_vectors(model, frames, ids, device, ctx, batch_size=64):
+    """Pooled text (N_text, H) and video (N_video, H) vectors from separate passes (no rolling), as they are
+    (run_frames_task ranks them through as_ranked). frames: uint8 (N_video, T, 3, S, S); ids: N_text lists of
+    word-piece ids."""
     v, t = [], []
     for sl in _batches(len(frames), batch_size):
         with ctx:
@@ -295,8 +300,7 @@ def frames_vectors(model, frames, ids, device, ctx, cosine=False, batch_size=64)
         x, m = data.pad_texts(ids[sl], model.config.pad_token_id)  # (N, Lt)
         with ctx:
             t.append(model.encode_text(x.to(device), m.to(device)).float().cpu())  # (N, H)
-    t, v = torch.cat(t), torch.cat(v)
-    return (F.normalize(t, dim=-1), F.normalize(v, dim=-1)) if cosine else (t, v)
+    return torch.cat(t), torch.cat(v)
 
 
 def mc_candidates(texts, seed=0):
@@ -315,7 +319,7 @@ def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcon
     """retrieval (MSR-VTT-like, text -> video) or qa (test: MSR_MC_test; val: mc_candidates) for the frames
     model, both on dot products of pooled vectors from separate passes (as VLM's retrieval and QA).
     Raw dot products, or cosine for a model fine-tuned with --temperature (model.cosine), as VLM's."""
-    m, cosine = getattr(model, "vlm", model), getattr(model, "cosine", False)
+    m = getattr(model, "vlm", model)
     was_training = m.training
     m.eval()
     try:
@@ -324,7 +328,7 @@ def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcon
         if task == "retrieval":
             recs, store = readers.load_retrieval(data_dir, "msrvtt", split, videos=True)
             ids = _tokenize(tok, [r["texts"][0] for r in recs], n_tok)
-            t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx, cosine)
+            t, v = as_ranked(model, *frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx))
             return retrieval_metrics(t @ v.T)  # (N_text, N_video)
         if task != "qa":
             raise SystemExit(f"the frames model evaluates retrieval and qa, not {task!r}")
@@ -335,7 +339,8 @@ def run_frames_task(task, model, data_dir, split, tok, device="cpu", ctx=nullcon
             recs, store = readers.load_retrieval(data_dir, "msrvtt", split, videos=True)
             cands, answers = mc_candidates([r["texts"][0] for r in recs])
         ids = _tokenize(tok, [c for cs in cands for c in cs], n_tok)
-        t, v = frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx, cosine)  # (N*K, H), (N, H)
+        # (N*K, H), (N, H)
+        t, v = as_ranked(model, *frames_vectors(m, clip_frames(store, recs, m.config), ids, device, ctx))
         scores = torch.einsum("nh,nkh->nk", v, t.view(len(recs), len(cands[0]), -1))  # (N, K)
         return {"acc": mc_accuracy(scores.numpy(), np.array(answers))}
     finally:

@@ -24,7 +24,6 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import bert
@@ -33,7 +32,7 @@ import data
 import plots
 import video
 from common import amp_setup
-from evaluate import encode_text_ids
+from evaluate import as_ranked, encode_text_ids
 from masking import TEXT_START, layout
 from tokens import load_tokenizer
 
@@ -177,12 +176,7 @@ def encode_clips(model, clips):
         else:
             b = data.collate_pairs(clips, [[0]] * len(clips))
             v = model.to(device).encode_video(b["video"].to(device), b["video_mask"].to(device)).float().cpu()
-    return unit(model, v)
-
-
-def unit(model, x):
-    """x unchanged, or unit rows for a model fine-tuned on cosine logits (as the evaluation runners rank)."""
-    return F.normalize(x, dim=-1) if getattr(model, "cosine", False) else x
+    return as_ranked(model, v)[0]  # unit rows for a model fine-tuned on cosine, as the runners rank
 
 
 def embed_videos(model, paths, batch_size=64):
@@ -210,7 +204,7 @@ def embed_texts(model, tok, texts):
     """(N, H) float32 text embeddings (the evaluation runners' own text encoder)."""
     device, ctx = setup_device()
     n = model.config.max_text_len - 2 if video_input(model) == "frames" else data.MAX_TEXT  # [CLS], [SEP] added
-    return unit(model, encode_text_ids(model.to(device), tokenize(tok, texts, n), device, ctx))
+    return as_ranked(model, encode_text_ids(model.to(device), tokenize(tok, texts, n), device, ctx))[0]
 
 
 def save_embeddings(out, ids, emb, ckpt, videos, skipped=()):
