@@ -102,10 +102,10 @@ class TrainConfig:
     mmm_prob: float = 0.5  # share of examples masked as MMM (paper ablation: 0, 0.3, 0.5, 0.7)
     vtc: float = 0.0  # allinone: weight of the optional video-text contrastive loss (temperature 0.05)
     # the text stage: from scratch, learn to read the text alone first, as the paper's model is BERT (docs/log.md)
-    text_epochs: int = -1  # passes of text-only MLM before L_VLM; -1 = 25 from scratch, 0 with --init or allinone
+    text_epochs: int = -1  # passes of text-only MLM before L_VLM; -1 = 34 from scratch, 0 with --init or allinone
     text_lr: float = 6e-3  # peak learning rate of the text stage (constant after --warmup)
     # optimizer (sec. 5.2)
-    epochs: int = 20  # passes of L_VLM over the pre-training videos (default world: 30 steps each; 0 = text alone)
+    epochs: int = 30  # passes of L_VLM over the pre-training videos (default world: 30 steps each; 0 = text alone)
     max_steps: int = 0  # stop after this many L_VLM steps, after the text stage (0 = run all --epochs)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3  # peak learning rate of Adam (0.9, 0.98), eps 1e-8, no weight decay (paper: 5e-5 from BERT)
@@ -259,7 +259,7 @@ def setup(cfg):
     if s.per_epoch == 0:
         raise SystemExit(f"{cfg.data}: {s.train_data.num_videos} training videos are too few for "
                          f"{world_size} x {cfg.batch_videos} videos x {cfg.grad_accum} micro-steps per step")
-    auto = 0 if cfg.init or cfg.model == "allinone" else 25
+    auto = 0 if cfg.init or cfg.model == "allinone" else 34
     s.text_total = s.per_epoch * (auto if cfg.text_epochs < 0 else cfg.text_epochs)  # steps 0..text_total-1
     s.total = s.text_total + (cfg.max_steps or s.per_epoch * cfg.epochs)
     if s.total == 0:

@@ -245,7 +245,7 @@ def test_text_stage_comes_first_with_its_own_lr(tiny_world, tmp_path):
     assert [r["lr"] for r in log] == pytest.approx([2e-3] + [4e-3] * 13 + [5e-4, 1e-3, 1e-3])
     assert [r["n_masked_video"] + r["n_negatives"] for r in log[:14]] == [0] * 14
     assert all(r["n_negatives"] > 0 for r in log[14:]) and all(r["n_masked_text"] > 0 for r in log)
-    # from scratch the stage is on by default (25 epochs), off from a checkpoint and for All-in-One
+    # from scratch the stage is on by default (34 epochs), off from a checkpoint and for All-in-One
     assert common.parse_config(train.TrainConfig, [], train.PRESETS).text_epochs == -1
     with pytest.raises(SystemExit, match="--text_epochs 2: the text stage is for --model vlm"):
         train.main(args[:-4] + ["--model", "allinone", "--text_epochs", "2"])
