@@ -59,6 +59,7 @@ class FinetuneConfig:
     scratch: bool = False  # ignore the pre-trained weights: same architecture, random init (the no-pre-training row)
     word_init: float = 0.3  # --scratch: std of the word-embedding init (as train.py's --word_init: rows start alike)
     temperature: float = 0.0  # retrieval / QA logits: 0 = raw dot products (paper, released code); t > 0 = cosine / t
+    step_centre: bool = True  # localization BCE on products minus their batch mean; --no-step_centre = the paper
     # optimizer (sec. 5.2)
     epochs: int = 0  # passes over the training set (0 = the task's default, Task.epochs)
     batch_size: int = 32  # examples per batch per process (clips, windows or captions)
@@ -134,7 +135,7 @@ def setup_run(cfg, task, dist_state, dataset):
     r.epochs = cfg.epochs or r.spec.epochs
     r.total = per_epoch * r.epochs
     r.warmup = min(cfg.warmup, max(1, r.total // 10))
-    r.objective = Objective(r.model, lambda tm, b: r.spec.loss(tm, b, cfg.temperature))
+    r.objective = Objective(r.model, lambda tm, b: r.spec.loss(tm, b, cfg))
     if cfg.compile:
         r.objective = torch.compile(r.objective)
     if ddp:

@@ -174,18 +174,23 @@ def frame_loss(logits, labels, ignore_index=-100):
     return total / n.clamp(min=1)
 
 
-def step_bce_loss(frames, steps, targets, mask):
+def step_bce_loss(frames, steps, targets, mask, centre=False):
     """Step localization (sec. 4.3): BCE on frame x step dot products.
     frames (B, T, H), steps (B, K, H), targets (B, T, K) 0/1, mask (B, T) valid frames or (B, T, K) valid
-    cells. Mean over valid cells; zero (not NaN) if none is valid."""
+    cells. Mean over valid cells; zero (not NaN) if none is valid. centre: the products minus their mean over
+    the batch's valid cells first. Scoring takes a log-softmax over steps (metrics.step_log_probs), blind to a
+    shared offset, while plain BCE is not: a pre-trained model whose products all start near +35 spends its
+    fine-tuning pulling them down (docs/log.md). centre=False is the paper's loss."""
     logits = torch.einsum("bth,bkh->btk", frames, steps).float()             # (B, T, K)
     if mask.shape == logits.shape[:2]:
         mask = mask[:, :, None].expand_as(logits)                            # (B, T, K)
     if mask.shape != logits.shape:
         raise ValueError(f"losses.step_bce_loss: mask shape {tuple(mask.shape)} is neither (B, T) nor "
                          f"(B, T, K) = {tuple(logits.shape)}")
-    per_cell = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
     mask = mask.bool()
+    if centre and mask.any():
+        logits = logits - logits[mask].mean()                                # one shift for the whole batch
+    per_cell = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
     return per_cell[mask].sum() / mask.sum().clamp(min=1)
 
 

@@ -8,6 +8,7 @@ runs them; validation and test go through evaluate.run_task, which selects on ev
 To add a task: a section with its three functions and one TASKS entry; evaluate.py gets its runner.
 """
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -27,7 +28,7 @@ class Task:
     test go through evaluate.run_task (model selection on evaluate.SELECT[task])."""
     examples: Callable  # (data_dir, dataset, tok, model config) -> (examples, extra, num_classes, texts truncated)
     batch: Callable  # (examples, rng, model config, extra) -> batch dict
-    loss: Callable  # (task_model, batch, temperature) -> (loss, stats)
+    loss: Callable  # (task_model, batch, opt) -> (loss, stats); opt.temperature, opt.step_centre (finetune flags)
     epochs: int  # default passes over the training set on the built-in world (--epochs overrides)
 
 
@@ -52,11 +53,11 @@ def pair_batch(exs, rng, c, extra):
     return data.collate_pairs([e["video"] for e in exs], texts, pad_id=c.pad_token_id)
 
 
-def pair_vectors(tm, b, temperature):
-    """Pooled text and video vectors (B, H) of two separate passes; temperature > 0: cosine / temperature
+def pair_vectors(tm, b, opt):
+    """Pooled text and video vectors (B, H) of two separate passes; opt.temperature > 0: cosine / temperature
     instead of the paper's raw dot products."""
     t = tm.vlm.encode_text(b["text_ids"], b["text_mask"])  # (B, H)
-    return scaled(t, tm.vlm.encode_video(b["video"], b["video_mask"]), temperature)  # video (B, H)
+    return scaled(t, tm.vlm.encode_video(b["video"], b["video_mask"]), opt.temperature)  # video (B, H)
 
 
 def scaled(t, v, temperature):
@@ -66,15 +67,15 @@ def scaled(t, v, temperature):
     return t, v
 
 
-def retrieval_loss(tm, b, temperature):
+def retrieval_loss(tm, b, opt):
     """In-batch cross-entropy text -> video over the (B, B) similarities (sec. 4.1)."""
-    t, v = pair_vectors(tm, b, temperature)
+    t, v = pair_vectors(tm, b, opt)
     return contrastive_loss(t, v), {}  # text -> video
 
 
-def qa_loss(tm, b, temperature):
+def qa_loss(tm, b, opt):
     """The same pairs scored the other way, video -> text (sec. 4.4: answers are ranked for a video)."""
-    t, v = pair_vectors(tm, b, temperature)
+    t, v = pair_vectors(tm, b, opt)
     return contrastive_loss(v, t), {}  # video -> text: rank the answers for a video
 
 
@@ -107,7 +108,7 @@ def segmentation_batch(exs, rng, c, extra):
     return {**b, "labels": labels}
 
 
-def segmentation_loss(tm, b, temperature):
+def segmentation_loss(tm, b, opt):
     """Per-second cross-entropy of the linear head on the video tokens' states (sec. 4.2)."""
     h = tm.vlm.video_states(b["video"], b["video_mask"])[:, :b["video_mask"].shape[1]]  # (B, Tv, H)
     return frame_loss(tm.head(h), b["labels"]), {}
@@ -148,13 +149,14 @@ def localization_batch(exs, rng, c, extra):
             "step_text_mask": s["text_mask"], "K": K}  # step_ids (B * K, L)
 
 
-def localization_loss(tm, b, temperature):
-    """BCE on frame x step dot products over real (frame, step) pairs (sec. 4.3)."""
+def localization_loss(tm, b, opt):
+    """BCE on frame x step dot products over real (frame, step) pairs (sec. 4.3); opt.step_centre: on the
+    products minus their batch mean (losses.step_bce_loss)."""
     B, K = b["targets"].shape[0], b["K"]
     frames = tm.vlm.video_states(b["video"], b["video_mask"])[:, :b["video_mask"].shape[1]]  # (B, Tv, H)
     steps = tm.vlm.encode_text(b["step_ids"], b["step_text_mask"]).view(B, K, -1)  # (B, K, H)
     mask = b["video_mask"][:, :, None] & b["step_mask"][:, None, :]  # (B, Tv, K)
-    return step_bce_loss(frames, steps, b["targets"], mask), {}
+    return step_bce_loss(frames, steps, b["targets"], mask, centre=opt.step_centre), {}
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -179,25 +181,28 @@ def captioning_batch(exs, rng, c, extra):
     return {**b, "labels": labels}
 
 
-def captioning_loss(tm, b, temperature):
+def captioning_loss(tm, b, opt):
     """Next-token cross-entropy through BERT's LM head under the captioning mask (sec. 4.5)."""
     logits = tm.vlm.caption_logits(b["video"], b["video_mask"], b["text_ids"], b["text_mask"])  # (B, L, V)
     return caption_loss(logits, b["labels"]), {}
 
 
-# epochs: segmentation and localization from a pre-trained model need 10+ (from scratch: 2-4; docs/log.md)
+# epochs: segmentation and localization from a pre-trained model need 10+ (from scratch: 2-4); retrieval and QA
+# gain up to 32 for both rows (docs/log.md, "Fine-tuning levers")
 TASKS = {
-    "retrieval": Task(pair_examples, pair_batch, retrieval_loss, epochs=8),
-    "qa": Task(pair_examples, pair_batch, qa_loss, epochs=8),
+    "retrieval": Task(pair_examples, pair_batch, retrieval_loss, epochs=32),
+    "qa": Task(pair_examples, pair_batch, qa_loss, epochs=32),
     "segmentation": Task(segmentation_examples, segmentation_batch, segmentation_loss, epochs=12),
     "localization": Task(localization_examples, localization_batch, localization_loss, epochs=10),
     "captioning": Task(captioning_examples, captioning_batch, captioning_loss, epochs=8),
 }
 
 
-def task_loss(task, temperature=0.0):
-    """loss_fn(task_model, batch) -> (loss, stats) for the task (docs/method.md §5)."""
-    return lambda tm, b: TASKS[task].loss(tm, b, temperature)
+def task_loss(task, temperature=0.0, step_centre=True):
+    """loss_fn(task_model, batch) -> (loss, stats) for the task (docs/method.md §5), with finetune.py's
+    --temperature and --step_centre."""
+    opt = SimpleNamespace(temperature=temperature, step_centre=step_centre)
+    return lambda tm, b: TASKS[task].loss(tm, b, opt)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -226,20 +231,21 @@ def frames_batch(exs, rng, mc, store):
     return {"frames": frames, "text_ids": ids, "text_mask": mask}
 
 
-def frame_pair_vectors(tm, b, temperature):
+def frame_pair_vectors(tm, b, opt):
     """pair_vectors for frames: pooled text and video vectors of separate passes (no rolling)."""
-    return scaled(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"]), temperature)
+    return scaled(tm.vlm.encode_text(b["text_ids"], b["text_mask"]), tm.vlm.encode_video(b["frames"]),
+                  opt.temperature)
 
 
-def frames_retrieval_loss(tm, b, temperature):
+def frames_retrieval_loss(tm, b, opt):
     """In-batch text -> video cross-entropy (raw dot products, or cosine / temperature)."""
-    t, v = frame_pair_vectors(tm, b, temperature)
+    t, v = frame_pair_vectors(tm, b, opt)
     return contrastive_loss(t, v), {}
 
 
-def frames_qa_loss(tm, b, temperature):
+def frames_qa_loss(tm, b, opt):
     """Video -> text: rank the captions for a video (VLM's sec. 4.4 recipe)."""
-    t, v = frame_pair_vectors(tm, b, temperature)
+    t, v = frame_pair_vectors(tm, b, opt)
     return contrastive_loss(v, t), {}
 
 

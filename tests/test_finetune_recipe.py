@@ -5,6 +5,8 @@ Run: python -m pytest -q tests/test_finetune_recipe.py
 """
 import dataclasses
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ import evaluate
 import experiments
 import finetune
 import tasks
+from losses import step_bce_loss
 import metrics
 import vlm as vlm_module
 
@@ -83,9 +86,41 @@ def test_temperature_flag_gives_cosine_logits_and_zero_keeps_the_papers_dot_prod
     assert tasks.task_loss("qa", 0.05)(_Fixed(t, v), b)[0].item() == pytest.approx(want_qa.item(), rel=1e-5)
     # the frames model's retrieval and QA take the same flag
     bf = {"text_ids": None, "text_mask": None, "frames": None}
-    assert tasks.FRAMES["retrieval"].loss(_Fixed(t, v), bf, 0.0)[0].item() == pytest.approx(raw.item())
-    assert tasks.FRAMES["retrieval"].loss(_Fixed(t, v), bf, 0.05)[0].item() == pytest.approx(want.item(), rel=1e-5)
-    assert tasks.FRAMES["qa"].loss(_Fixed(t, v), bf, 0.05)[0].item() == pytest.approx(want_qa.item(), rel=1e-5)
+    dot, cos_opt = SimpleNamespace(temperature=0.0), SimpleNamespace(temperature=0.05)
+    assert tasks.FRAMES["retrieval"].loss(_Fixed(t, v), bf, dot)[0].item() == pytest.approx(raw.item())
+    assert tasks.FRAMES["retrieval"].loss(_Fixed(t, v), bf, cos_opt)[0].item() == pytest.approx(want.item(), rel=1e-5)
+    assert tasks.FRAMES["qa"].loss(_Fixed(t, v), bf, cos_opt)[0].item() == pytest.approx(want_qa.item(), rel=1e-5)
+
+
+class _FixedSteps(torch.nn.Module):
+    """A stand-in task model for localization: fixed frame states and step vectors."""
+    def __init__(self, frames, steps):
+        super().__init__()
+        self.vlm = self
+        self.frames, self.steps = frames, steps
+
+    def video_states(self, video, mask):
+        return self.frames
+
+    def encode_text(self, ids, mask):
+        return self.steps
+
+
+def test_step_centre_flag_reaches_the_localization_loss():
+    frames, steps = torch.tensor([[[1.0], [3.0]]]), torch.tensor([[2.0], [1.0]])  # (1, 2, 1), K = 2 -> (2, 1)
+    targets = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    b = {"video": None, "video_mask": torch.ones(1, 2, dtype=torch.bool), "step_ids": None, "step_text_mask": None,
+         "step_mask": torch.ones(1, 2, dtype=torch.bool), "targets": targets, "K": 2}
+    tm = _FixedSteps(frames, steps)
+    want = {c: step_bce_loss(frames, steps.view(1, 2, 1), targets, torch.ones(1, 2, 2), centre=c)
+            for c in (True, False)}
+    assert abs(want[True].item() - want[False].item()) > 0.1                # logits [[2, 1], [6, 3]]: centring matters
+    for centre in (True, False):
+        got = tasks.task_loss("localization", step_centre=centre)(tm, b)[0]
+        assert got.item() == pytest.approx(want[centre].item())
+    assert finetune.FinetuneConfig().step_centre is True                    # the default; --no-step_centre: the paper's
+    cfg = finetune.parse_config(finetune.FinetuneConfig, ["--no-step_centre"])
+    assert cfg.step_centre is False
 
 
 def test_a_cosine_trained_model_is_ranked_by_cosine(tiny_world):

@@ -324,3 +324,25 @@ def test_step_bce_loss_by_hand():
     assert step_bce_loss(frames, steps, wrong, torch.zeros(1, 2, 1)).item() == 0.0
     with pytest.raises(ValueError, match="mask shape"):
         step_bce_loss(frames, steps, targets, torch.ones(1, 3))
+
+
+def test_centred_step_bce_loss_by_hand():
+    frames = torch.tensor([[[1.0], [3.0], [5.0]]])                       # (1, 3, 1)
+    steps = torch.tensor([[[2.0]]])                                      # logits [2, 6, 10], valid mean 6
+    targets = torch.tensor([[[0.0], [1.0], [1.0]]])
+    mask = torch.tensor([[1, 1, 1]])
+    # centred logits [-4, 0, 4]: softplus(-4) + softplus(0) + softplus(-4) = 2 log(1 + e^-4) + log 2, over 3
+    want = (2 * math.log(1 + math.exp(-4)) + math.log(2)) / 3
+    assert abs(step_bce_loss(frames, steps, targets, mask, centre=True).item() - want) < 1e-6
+    # the paper's loss on the raw logits: softplus(2) + softplus(-6) + softplus(-10)
+    plain = (math.log(1 + math.exp(2)) + math.log(1 + math.exp(-6)) + math.log(1 + math.exp(-10))) / 3
+    assert abs(step_bce_loss(frames, steps, targets, mask).item() - plain) < 1e-6
+    # the mean is over valid cells only: masking frame 2 (logit 10) leaves mean 4, centred [-2, 2]
+    part = torch.tensor([[1, 1, 0]])
+    want_part = 2 * math.log(1 + math.exp(-2)) / 2
+    assert abs(step_bce_loss(frames, steps, targets, part, centre=True).item() - want_part) < 1e-6
+    # a shift shared by every product leaves the centred loss unchanged, not the plain one
+    shifted = frames + 1.0                                               # logits [4, 8, 12]
+    assert abs(step_bce_loss(shifted, steps, targets, mask, centre=True).item() - want) < 1e-6
+    assert abs(step_bce_loss(shifted, steps, targets, mask).item() - plain) > 0.5
+    assert step_bce_loss(frames, steps, targets, torch.zeros(1, 3), centre=True).item() == 0.0
