@@ -207,7 +207,43 @@ def results_table(results):
             lines += ["", "Without background frames: " + ", ".join(
                 f"{lab}: {f(x, 'acc_no_bg')}" for lab, x in extra) + "."]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + verdicts(results))
+
+
+HEADLINE = [("retrieval-msrvtt", "R1"), ("retrieval-youcook2", "R1"), ("qa", "acc"), ("segmentation", "acc"),
+            ("localization", "recall"), ("captioning", "CIDEr")]
+
+
+def verdicts(results):
+    """The table's lesson, computed from its own numbers: VLM against from scratch on each task's headline score
+    (with seeds: beyond the spread when the gap exceeds the two standard deviations added), and each row against
+    the linear floor where there is one. Lines of Markdown; none without both rows."""
+    vlm, scr = results.get("pretrained") or {}, results.get("scratch") or {}
+    keys = [(k, m) for k, m in HEADLINE if (vlm.get(k) or {}).get(m) is not None
+            and (scr.get(k) or {}).get(m) is not None]
+    if not keys:
+        return []
+    seeds = results.get("seeds")
+    out, wins = ["### What this run shows", ""], 0
+    for key, m in keys:
+        a, b = vlm[key][m], scr[key][m]
+        fmt = (lambda x: f"{x:.4f}") if m == "CIDEr" else (lambda x: f"{x:.2f}")
+        if seeds:
+            spread = sum((results.get(r + "_std") or {}).get(key, {}).get(m, 0.0) for r in ("pretrained", "scratch"))
+            side = ("above" if a > b else "below") if abs(a - b) > spread else "level with"
+            how = f" (gap {fmt(abs(a - b))}, seed spread {fmt(spread)})"
+        else:
+            side, how = ("above" if a > b else "below" if a < b else "level with"), ""
+        wins += side == "above"
+        line = f"- {key} {m}: VLM {fmt(a)} is {side} from scratch {fmt(b)}{how}"
+        floor = (results.get("floor") or {}).get(key, {}).get(m)
+        if floor is not None:
+            line += "; linear floor {}: VLM {}, from scratch {}".format(
+                fmt(floor), *("at or above it" if x >= floor else "under it" for x in (a, b)))
+        out.append(line + ".")
+    tail = (f"over seeds {seeds}" if seeds else "at one seed, where a gap of a few points can be noise "
+            "(`--seeds 0,1,2` adds the spread)")
+    return out + ["", f"VLM pre-training is above from scratch on {wins} of these {len(keys)} scores, {tail}.", ""]
 
 
 # -----------------------------------------------------------------------------------------------------------

@@ -56,6 +56,28 @@ def test_seed_mean_and_the_table_show_mean_and_spread():
     table = experiments.results_table({"scratch": mean, "scratch_std": std, "seeds": [0, 1, 2]})
     assert "| from scratch (no pre-training) | 34.00 +- 4.00 |" in table
     assert "seeds [0, 1, 2]" in table
+    assert "What this run shows" not in table  # no VLM row, no verdict
+
+
+def test_the_table_states_its_verdicts_from_its_own_numbers():
+    """Worked by hand: a gap counts only when it exceeds the two seed spreads added; the floor line compares
+    each row with the linear floor; one seed gives a plain above / below and says so."""
+    res = {"pretrained": {"qa": {"acc": 50.0}, "retrieval-msrvtt": {"R1": 12.0}, "segmentation": {"acc": 90.0}},
+           "scratch": {"qa": {"acc": 40.0}, "retrieval-msrvtt": {"R1": 11.0}, "segmentation": {"acc": 93.0}},
+           "pretrained_std": {"qa": {"acc": 2.0}, "retrieval-msrvtt": {"R1": 0.5}, "segmentation": {"acc": 1.0}},
+           "scratch_std": {"qa": {"acc": 3.0}, "retrieval-msrvtt": {"R1": 0.6}, "segmentation": {"acc": 1.0}},
+           "floor": {"qa": {"acc": 45.0}, "retrieval-msrvtt": {"R1": 17.5}}, "seeds": [0, 1, 2]}
+    lines = experiments.verdicts(res)
+    assert ("- retrieval-msrvtt R1: VLM 12.00 is level with from scratch 11.00 (gap 1.00, seed spread 1.10); "
+            "linear floor 17.50: VLM under it, from scratch under it.") in lines  # 1.00 < 0.5 + 0.6
+    assert ("- qa acc: VLM 50.00 is above from scratch 40.00 (gap 10.00, seed spread 5.00); linear floor 45.00: "
+            "VLM at or above it, from scratch under it.") in lines
+    assert "- segmentation acc: VLM 90.00 is below from scratch 93.00 (gap 3.00, seed spread 2.00)." in lines
+    assert "VLM pre-training is above from scratch on 1 of these 3 scores, over seeds [0, 1, 2]." in lines
+    one = experiments.verdicts({k: res[k] for k in ("pretrained", "scratch")})
+    assert "- retrieval-msrvtt R1: VLM 12.00 is above from scratch 11.00." in one
+    assert one[-2].startswith("VLM pre-training is above from scratch on 2 of these 3 scores, at one seed")
+    assert experiments.results_table(res).endswith("\n".join(lines))
 
 
 class _Fixed(torch.nn.Module):
