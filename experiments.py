@@ -6,7 +6,7 @@ ablations of Tables 8-9 (sec. 5.4.1; `python experiments.py --ablation --help`).
   python experiments.py                  # every task, pre-trained and from scratch -> OUT/results.{md,json}
   python experiments.py --seeds 0,1,2    # mean +- standard deviation over fine-tuning seeds
   python experiments.py --init out/allinone/model --data data/world_video   # All-in-One from frames
-  python experiments.py --ablation       # Tables 8-9: six pre-training variants (python experiments.py --ablation --help)
+  python experiments.py --ablation       # Tables 8-9: six pre-training variants (add --help for the flags)
 
 Yardsticks, on the same test splits as the model: the chance / trivial baselines, a linear floor below the
 transformer, a caption roof above.
@@ -194,7 +194,8 @@ def results_table(results):
         for label, r in rows:
             x = src.get(r, {}).get(key)
             if r == "paper" and key == "localization":
-                x = {"recall": f"{PAPER['localization']['recall']} (zero-shot {PAPER['localization-zero-shot']['recall']})"}
+                zs = PAPER["localization-zero-shot"]["recall"]
+                x = {"recall": f"{PAPER['localization']['recall']} (zero-shot {zs})"}
                 lines.append(f"| {label} | {x['recall']} |")
                 continue
             if x is None and r in ("zero_shot", "floor", "roof", "allinone", "allinone_scratch"):
@@ -216,27 +217,31 @@ HEADLINE = [("retrieval-msrvtt", "R1"), ("retrieval-youcook2", "R1"), ("qa", "ac
 
 def verdicts(results):
     """The table's lesson, computed from its own numbers: VLM against from scratch on each task's headline score
-    (with seeds: beyond the spread when the gap exceeds the two standard deviations added), and each row against
-    the linear floor where there is one. Lines of Markdown; none without both rows."""
-    vlm, scr = results.get("pretrained") or {}, results.get("scratch") or {}
-    keys = [(k, m) for k, m in HEADLINE if (vlm.get(k) or {}).get(m) is not None
-            and (scr.get(k) or {}).get(m) is not None]
+    (all higher-is-better; with seeds, beyond the spread when the gap exceeds the sum of the two rows' standard
+    deviations, and "no spread" where one is missing), and each row against the linear floor where there is one.
+    Lines of Markdown; none without both rows."""
+    def get(row, key, m):
+        return ((results.get(row) or {}).get(key) or {}).get(m)
+
+    keys = [(k, m) for k, m in HEADLINE if get("pretrained", k, m) is not None and get("scratch", k, m) is not None]
     if not keys:
         return []
     seeds = results.get("seeds")
     out, wins = ["### What this run shows", ""], 0
     for key, m in keys:
-        a, b = vlm[key][m], scr[key][m]
+        a, b = get("pretrained", key, m), get("scratch", key, m)
         fmt = (lambda x: f"{x:.4f}") if m == "CIDEr" else (lambda x: f"{x:.2f}")
-        if seeds:
-            spread = sum((results.get(r + "_std") or {}).get(key, {}).get(m, 0.0) for r in ("pretrained", "scratch"))
-            side = ("above" if a > b else "below") if abs(a - b) > spread else "level with"
+        sds = [get(r + "_std", key, m) for r in ("pretrained", "scratch")]
+        side, how = ("above" if a > b else "below" if a < b else "level with"), ""
+        if seeds and None not in sds:
+            spread = sum(sds)
+            side = side if abs(a - b) > spread else "level with"
             how = f" (gap {fmt(abs(a - b))}, seed spread {fmt(spread)})"
-        else:
-            side, how = ("above" if a > b else "below" if a < b else "level with"), ""
+        elif seeds:
+            how = " (no spread recorded)"
         wins += side == "above"
         line = f"- {key} {m}: VLM {fmt(a)} is {side} from scratch {fmt(b)}{how}"
-        floor = (results.get("floor") or {}).get(key, {}).get(m)
+        floor = get("floor", key, m)
         if floor is not None:
             line += "; linear floor {}: VLM {}, from scratch {}".format(
                 fmt(floor), *("at or above it" if x >= floor else "under it" for x in (a, b)))

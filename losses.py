@@ -179,7 +179,7 @@ def step_bce_loss(frames, steps, targets, mask, centre=False):
     frames (B, T, H), steps (B, K, H), targets (B, T, K) 0/1, mask (B, T) valid frames or (B, T, K) valid
     cells. Mean over valid cells; zero (not NaN) if none is valid. centre: the products minus their mean over
     the batch's valid cells first. Scoring takes a log-softmax over steps (metrics.step_log_probs), blind to a
-    shared offset, while plain BCE is not: a pre-trained model whose products all start near +35 spends its
+    shared offset, while plain BCE is not: a pre-trained model whose products start near +35 on average spends its
     fine-tuning pulling them down (docs/log.md). centre=False is the paper's loss."""
     logits = torch.einsum("bth,bkh->btk", frames, steps).float()             # (B, T, K)
     if mask.shape == logits.shape[:2]:

@@ -78,6 +78,11 @@ def test_the_table_states_its_verdicts_from_its_own_numbers():
     assert "- retrieval-msrvtt R1: VLM 12.00 is above from scratch 11.00." in one
     assert one[-2].startswith("VLM pre-training is above from scratch on 2 of these 3 scores, at one seed")
     assert experiments.results_table(res).endswith("\n".join(lines))
+    res["scratch_std"]["qa"] = None  # a task whose every seed failed leaves no spread: said, not taken as 0
+    assert "- qa acc: VLM 50.00 is above from scratch 40.00 (no spread recorded); linear floor 45.00: VLM at or " \
+           "above it, from scratch under it." in experiments.verdicts(res)
+    res["pretrained"]["captioning"] = {"CIDEr": 0.5}  # a score with only one row is left out
+    assert not any("captioning" in x for x in experiments.verdicts(res))
 
 
 class _Fixed(torch.nn.Module):
