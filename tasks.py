@@ -190,8 +190,8 @@ def captioning_loss(tm, b, opt):
 # epochs: segmentation and localization from a pre-trained model need 10+ (from scratch: 2-4); retrieval and QA
 # gain up to 32 for both rows (docs/log.md, "Fine-tuning levers")
 TASKS = {
-    "retrieval": Task(pair_examples, pair_batch, retrieval_loss, epochs=32),
-    "qa": Task(pair_examples, pair_batch, qa_loss, epochs=32),
+    "retrieval": Task(pair_examples, pair_batch, retrieval_loss, epochs=24),
+    "qa": Task(pair_examples, pair_batch, qa_loss, epochs=24),
     "segmentation": Task(segmentation_examples, segmentation_batch, segmentation_loss, epochs=12),
     "localization": Task(localization_examples, localization_batch, localization_loss, epochs=10),
     "captioning": Task(captioning_examples, captioning_batch, captioning_loss, epochs=8),
