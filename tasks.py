@@ -188,7 +188,7 @@ def captioning_loss(tm, b, opt):
 
 
 # epochs: segmentation and localization from a pre-trained model need 10+ (from scratch: 2-4); retrieval and QA
-# gain up to 32 for both rows (docs/log.md, "Fine-tuning levers")
+# gain up to 24-32 for both rows; 24 keeps the main job inside 10 minutes (docs/log.md, "Fine-tuning levers")
 TASKS = {
     "retrieval": Task(pair_examples, pair_batch, retrieval_loss, epochs=24),
     "qa": Task(pair_examples, pair_batch, qa_loss, epochs=24),
