@@ -160,14 +160,16 @@ def caption_roof(data_dir, tok):
     return out
 
 
+def number(v, k):
+    """A score as the tables print it: CIDEr to 4 places, MedR to 1, percentages to 2."""
+    return f"{v:.4f}" if k == "CIDEr" else (f"{v:.1f}" if k == "MedR" else f"{v:.2f}")
+
+
 def results_table(results):
     """The paper's Tables 2-7 layout in Markdown: baselines, zero-shot, from scratch, VLM, and the paper.
     results: {row key: {table key: metrics}}, as run_all / run_frames_all write them (plus "<row>_std", "seeds")."""
-    def f(x, k):  # one cell: CIDEr to 4 places, MedR to 1, percentages to 2; "-" when missing
-        if x is None or x.get(k) is None:
-            return "-"
-        v = x[k]
-        return f"{v:.4f}" if k == "CIDEr" else (f"{v:.1f}" if k == "MedR" else f"{v:.2f}")
+    def f(x, k):  # one cell; "-" when missing
+        return "-" if x is None or x.get(k) is None else number(x[k], k)
 
     # (label, row key) top to bottom; then one section per task: (title, table key, columns)
     rows = [("chance / trivial baseline", "baselines"), ("linear floor (mean-pooled features, bag of words)", "floor"),
@@ -230,7 +232,7 @@ def verdicts(results):
     out, wins = ["### What this run shows", ""], 0
     for key, m in keys:
         a, b = get("pretrained", key, m), get("scratch", key, m)
-        fmt = (lambda x: f"{x:.4f}") if m == "CIDEr" else (lambda x: f"{x:.2f}")
+        fmt = lambda x: number(x, m)  # noqa: E731
         sds = [get(r + "_std", key, m) for r in ("pretrained", "scratch")]
         side, how = ("above" if a > b else "below" if a < b else "level with"), ""
         if seeds and None not in sds:
